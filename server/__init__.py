@@ -1,0 +1,1 @@
+"""stellar-relay: restock webhooks in, one websocket frame per restock out."""

@@ -1,0 +1,259 @@
+"""The Sanic application: thin adapters around the relay's decisions.
+
+Routes:
+
+- ``GET /ws`` and ``GET /`` (websocket): a Stellar client, key in ``?key=``.
+- ``POST /webhooks/restock``: a signed restock from a monitor.
+- ``GET /healthz``: liveness and counts.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from sanic import Request, Sanic
+from sanic.exceptions import SanicException
+from sanic.handlers import ErrorHandler
+from sanic.response import HTTPResponse, json
+
+from licensing import LicenseProvider, LicenseStatus, is_well_formed_key, redact_key
+from server.closecodes import CloseCode
+from server.config import DuplicatePolicy, Settings
+from server.errors import NotJSONError, PayloadError, WebhookError
+from server.hub import Connection, Hub, text_frame
+from server.registry import InMemoryKeyRegistry, KeyRegistry
+from server.replay import InMemoryWebhookLedger, WebhookLedger
+from server.signing import verify
+from server.stellar import encode, normalise_body, parse_json
+
+log = structlog.get_logger("server")
+
+APP_NAME = "stellar_relay"
+WEBHOOK_PATH = "/webhooks/restock"
+MAX_WEBHOOK_BODY = 64 * 1024
+
+REFUSAL_FOR_STATUS = {
+    LicenseStatus.INACTIVE: CloseCode.LICENSE_INACTIVE,
+    LicenseStatus.UNKNOWN: CloseCode.BAD_KEY,
+    LicenseStatus.UNAVAILABLE: CloseCode.CHECK_UNAVAILABLE,
+}
+
+
+@dataclass
+class Relay:
+    """Everything the handlers share, built once per process."""
+
+    settings: Settings
+    licenses: LicenseProvider
+    registry: KeyRegistry = field(default_factory=InMemoryKeyRegistry)
+    ledger: WebhookLedger = field(default_factory=InMemoryWebhookLedger)
+    wall_clock: Callable[[], float] = time.time
+    hub: Hub = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.hub = Hub(client_buffer=self.settings.client_buffer)
+
+
+class RelayErrorHandler(ErrorHandler):
+    """JSON errors for every route, logged without the query string."""
+
+    def default(self, request: Request, exception: Exception) -> HTTPResponse:
+        self.log(request, exception)
+        if isinstance(exception, SanicException):
+            status = exception.status_code
+            message = str(exception.message or exception).lower().rstrip(".")
+        else:
+            status, message = 500, "internal error"
+        if request.path == WEBHOOK_PATH:
+            log.info("webhook.refused", status=status, error=message)
+
+        return json({"error": message}, status=status)
+
+    @staticmethod
+    def log(request: Request, exception: Exception) -> None:
+        if isinstance(exception, SanicException) and exception.status_code < 500:
+            return
+        log.error("request.crashed", path=request.path, exc_info=exception)
+
+
+def create_app(relay: Relay) -> Sanic[Any, Any]:
+    """The relay's Sanic app, with its websocket limits set from ``relay``."""
+    settings = relay.settings
+    app = Sanic(APP_NAME, error_handler=RelayErrorHandler(), configure_logging=False)
+    app.config.update(
+        {
+            "ACCESS_LOG": False,
+            "MOTD": False,
+            "REQUEST_MAX_SIZE": MAX_WEBHOOK_BODY,
+            "WEBSOCKET_MAX_SIZE": settings.max_client_message,
+            "WEBSOCKET_PING_INTERVAL": settings.ping_interval,
+            "WEBSOCKET_PING_TIMEOUT": settings.ping_timeout,
+            "WEBSOCKET_TIMEOUT": 5,
+            "FALLBACK_ERROR_FORMAT": "json",
+        }
+    )
+    app.ctx.relay = relay
+
+    async def stellar_client(request: Request, websocket: Any) -> None:
+        await serve_client(relay, request, websocket)
+
+    app.add_websocket_route(stellar_client, "/ws", name="ws")
+    app.add_websocket_route(stellar_client, "/", name="root")
+    app.add_route(
+        _restock_handler(relay), WEBHOOK_PATH, methods=["POST"], name="restock"
+    )
+    app.add_route(_health_handler(relay), "/healthz", methods=["GET"], name="healthz")
+    app.exception(WebhookError)(_webhook_error)
+
+    @app.before_server_stop
+    async def shut_down(app: Sanic[Any, Any]) -> None:
+        # 1. Sanic has stopped accepting; tell every client we are going
+        #    away (left to Sanic, they would get a plain 1000).
+        for connection in relay.hub.connections():
+            connection.say_going_away()
+        # 2. Close the provider's HTTP sessions.
+        await relay.licenses.close()
+        log.info("relay.stopping", clients_closed=len(relay.hub))
+
+    return app
+
+
+async def serve_client(relay: Relay, request: Request, websocket: Any) -> None:
+    """One Stellar connection, from key check to close."""
+    key = request.args.get("key", "")
+    owner = uuid.uuid4().hex
+    peer = request.remote_addr or request.ip
+    client_log = log.bind(key=redact_key(key), peer=peer)
+    if not is_well_formed_key(key):
+        await _refuse(websocket, client_log, CloseCode.BAD_KEY, "malformed key")
+        return
+
+    replace = relay.settings.duplicate_policy is DuplicatePolicy.REPLACE
+    claim = await relay.registry.claim(key, owner, replace=replace)
+    if not claim.granted:
+        await _refuse(websocket, client_log, CloseCode.KEY_IN_USE, "key in use")
+        return
+
+    try:
+        if claim.previous_owner is not None:
+            _close_replaced(relay.hub, claim.previous_owner, client_log)
+        license = await relay.licenses.lookup(key)
+        refusal = REFUSAL_FOR_STATUS.get(license.status)
+        if refusal is not None:
+            await _refuse(websocket, client_log, refusal, license.reason)
+            return
+        await _stay_connected(relay, owner, key, peer, websocket, client_log)
+    finally:
+        await relay.registry.release(key, owner)
+
+
+async def _stay_connected(
+    relay: Relay, owner: str, key: str, peer: str, websocket: Any, client_log: Any
+) -> None:
+    hub = relay.hub
+    connection = Connection(
+        owner=owner, key=key, peer=peer, websocket=websocket, opened_at=hub.clock()
+    )
+    hub.add(connection)
+    client_log.info("client.connected", clients=len(hub))
+    try:
+        # Stellar sends nothing; whatever arrives is read and dropped so the
+        # socket keeps answering pings. Oversized messages close with 1009.
+        async for _ in websocket:
+            pass
+    finally:
+        hub.remove(owner)
+        code = _close_code(websocket)
+        client_log.info(
+            "client.disconnected",
+            code=code,
+            seconds=round(hub.clock() - connection.opened_at, 3),
+            clients=len(hub),
+        )
+
+
+def _close_replaced(hub: Hub, previous_owner: str, client_log: Any) -> None:
+    previous = hub.get(previous_owner)
+    if previous is not None:
+        hub.remove(previous_owner)
+        previous.close(CloseCode.KEY_IN_USE)
+        client_log.info("client.replaced", old_peer=previous.peer)
+
+
+async def _refuse(websocket: Any, client_log: Any, code: CloseCode, why: str) -> None:
+    client_log.info("client.refused", code=int(code), why=why)
+    await websocket.close(int(code), code.reason)
+
+
+def _close_code(websocket: Any) -> int | None:
+    protocol = websocket.ws_proto
+    if protocol.close_sent is not None:
+        return int(protocol.close_sent.code)
+    if protocol.close_rcvd is not None:
+        return int(protocol.close_rcvd.code)
+
+    return 1006
+
+
+def _restock_handler(relay: Relay) -> Callable[[Request], Any]:
+    async def restock(request: Request) -> HTTPResponse:
+        verified = verify(
+            request.body or b"",
+            request.headers,
+            relay.settings.webhook_secrets,
+            now=relay.wall_clock(),
+        )
+        try:
+            body = parse_json(verified.text)
+        except ValueError as exc:
+            raise NotJSONError(f"body is not JSON: {exc}") from None
+        payloads, problems = normalise_body(body)
+        if problems:
+            raise PayloadError(
+                "invalid restock payload", details=[p.as_dict() for p in problems]
+            )
+
+        webhook_log = log.bind(source=verified.source, webhook_id=verified.webhook_id)
+        ledger_id = f"{verified.source}:{verified.webhook_id}"
+        if not await relay.ledger.first_sighting(ledger_id):
+            webhook_log.info("webhook.duplicate", items=len(payloads))
+            return json({"duplicate": True}, status=200)
+
+        frames = b"".join(text_frame(encode(payload)) for payload in payloads)
+        report = relay.hub.broadcast(frames, count=len(payloads))
+        webhook_log.info(
+            "webhook.accepted",
+            items=len(payloads),
+            delivered=report.delivered,
+            slow_consumers=report.slow_consumers,
+        )
+
+        return json({"accepted": len(payloads)}, status=202)
+
+    return restock
+
+
+def _health_handler(relay: Relay) -> Callable[[Request], Any]:
+    async def healthz(request: Request) -> HTTPResponse:
+        hub = relay.hub
+        return json(
+            {
+                "status": "ok",
+                "connections": len(hub),
+                "restocks_sent": hub.restocks_sent,
+                "slow_consumers_closed": hub.slow_consumers_closed,
+            }
+        )
+
+    return healthz
+
+
+async def _webhook_error(request: Request, error: WebhookError) -> HTTPResponse:
+    log.info("webhook.refused", status=error.status, error=error.message)
+
+    return json(error.body(), status=error.status)

@@ -1,0 +1,131 @@
+"""The open connections of this process, and the broadcast to all of them.
+
+Broadcast is the hot path. The frame bytes are built once by the caller and
+written, unchanged, to every transport: server frames are never masked and
+the relay negotiates no compression, so every client gets the same bytes.
+Writing to a transport only appends to its buffer, so nothing here awaits
+and one stalled client cannot delay another; a client whose buffer passes
+its bound is closed as a slow consumer instead of growing it.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from server.closecodes import CloseCode
+
+log = structlog.get_logger("server.hub")
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One final, unmasked websocket text frame (RFC 6455 section 5.2)."""
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", 0x81, size)
+    elif size < 1 << 16:
+        header = struct.pack("!BBH", 0x81, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, size)
+
+    return header + payload
+
+
+class Connection:
+    """One accepted Stellar client. Kept small: there may be tens of
+    thousands."""
+
+    __slots__ = ("key", "opened_at", "owner", "peer", "transport", "websocket")
+
+    def __init__(
+        self, *, owner: str, key: str, peer: str, websocket: Any, opened_at: float
+    ) -> None:
+        self.owner = owner
+        self.key = key
+        self.peer = peer
+        self.websocket = websocket
+        self.transport = websocket.io_proto.transport
+        self.opened_at = opened_at
+
+    def __repr__(self) -> str:
+        return f"Connection(owner={self.owner!r}, peer={self.peer!r})"
+
+    def close(self, code: CloseCode) -> None:
+        """Send a close frame and drop the TCP connection; never waits."""
+        self.websocket.fail_connection(int(code), code.reason)
+
+    def say_going_away(self) -> None:
+        """Start a graceful close with 1001, for shutdown."""
+        going_away = CloseCode.GOING_AWAY
+        self.websocket.end_connection(int(going_away), going_away.reason)
+
+
+@dataclass(frozen=True, slots=True)
+class BroadcastReport:
+    delivered: int
+    slow_consumers: int
+
+
+class Hub:
+    """Connections by owner id, with counters for ``/healthz``."""
+
+    def __init__(
+        self,
+        *,
+        client_buffer: int,
+        on_slow_consumer: Callable[[Connection], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client_buffer = client_buffer
+        self._connections: dict[str, Connection] = {}
+        self._on_slow_consumer = on_slow_consumer
+        self.clock = clock
+        self.restocks_sent = 0
+        self.slow_consumers_closed = 0
+
+    def __len__(self) -> int:
+        return len(self._connections)
+
+    def add(self, connection: Connection) -> None:
+        self._connections[connection.owner] = connection
+
+    def remove(self, owner: str) -> None:
+        self._connections.pop(owner, None)
+
+    def get(self, owner: str) -> Connection | None:
+        return self._connections.get(owner)
+
+    def connections(self) -> list[Connection]:
+        return list(self._connections.values())
+
+    def broadcast(self, frames: bytes, *, count: int) -> BroadcastReport:
+        """Write ``frames`` (``count`` restocks) to every open connection."""
+        limit = self.client_buffer - len(frames)
+        delivered = 0
+        slow: list[Connection] = []
+        for connection in self._connections.values():
+            transport = connection.transport
+            if transport.is_closing():
+                continue
+            if transport.get_write_buffer_size() > limit:
+                slow.append(connection)
+                continue
+            transport.write(frames)
+            delivered += 1
+        for connection in slow:
+            self._drop_slow_consumer(connection)
+        self.restocks_sent += count
+
+        return BroadcastReport(delivered, len(slow))
+
+    def _drop_slow_consumer(self, connection: Connection) -> None:
+        self.remove(connection.owner)
+        self.slow_consumers_closed += 1
+        connection.close(CloseCode.SLOW_CONSUMER)
+        if self._on_slow_consumer is not None:
+            self._on_slow_consumer(connection)

@@ -1,0 +1,94 @@
+"""Start-up: settings in, a serving relay out.
+
+Steps, in order:
+
+1. configure logging (nothing may print before it, or it escapes the policy);
+2. build the license provider and check it can answer (a keys file that
+   does not exist stops start-up here, with one line);
+3. build the app and serve until SIGINT/SIGTERM. Sanic then stops
+   accepting, closes every websocket with 1001, and runs the app's
+   ``before_server_stop`` hooks, which close the provider.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import structlog
+
+from licensing import KeysFileProvider, LicenseProvider
+from server.app import Relay, create_app
+from server.config import Settings
+from server.errors import ConfigError
+from server.logs import configure_logging
+
+log = structlog.get_logger("server")
+
+
+def build_provider(settings: Settings) -> LicenseProvider:
+    try:
+        return KeysFileProvider(settings.keys_file)
+    except OSError as exc:
+        raise ConfigError(
+            "RELAY_KEYS_FILE",
+            f"cannot read {str(settings.keys_file)!r}: {exc.strerror}",
+        ) from None
+
+
+def run(settings: Settings, *, announce_demo: bool = False) -> None:
+    configure_logging(settings.log_level, settings.log_format)
+    provider = build_provider(settings)
+    relay = Relay(settings=settings, licenses=provider)
+    app = create_app(relay)
+    if announce_demo and isinstance(provider, KeysFileProvider):
+        _print_demo_instructions(settings, provider)
+    log.info(
+        "relay.starting",
+        host=settings.host,
+        port=settings.port,
+        provider=provider.name,
+        policy=settings.duplicate_policy.value,
+        secrets=[secret.name for secret in settings.webhook_secrets],
+    )
+    app.run(
+        host=settings.host,
+        port=settings.port,
+        single_process=True,
+        access_log=False,
+        motd=False,
+        backlog=settings.backlog,
+    )
+    log.info("relay.stopped")
+
+
+def _print_demo_instructions(settings: Settings, provider: KeysFileProvider) -> None:
+    keys = [
+        line.strip()
+        for line in provider.path.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    secret_file = provider.path.parent / "webhook-secret"
+    secret = secret_file.read_text().strip() if secret_file.exists() else "whsec_..."
+    base = f"{settings.host}:{settings.port}"
+    key = keys[0] if keys else "YOUR-KEY"
+    print(
+        f"""
+stellar-relay is starting in demo mode.
+  keys file:      {provider.path}  ({len(keys)} key(s))
+  webhook secret: {secret_file}
+
+Connect a Stellar client (websocket settings tab) to:
+  ws://{base}/ws?key={key}
+
+Or watch from a terminal:
+  .venv/bin/stellar-relay listen 'ws://{base}/ws?key={key}'
+
+Post a test restock from another terminal:
+  .venv/bin/stellar-relay publish --url http://{base}/webhooks/restock \\
+    --secret {secret} \\
+    --site amazon --sku B0DEMO0001 --offer-id demo-offer --region USA \\
+    --price 19.99 --title 'Demo restock'
+""",
+        file=sys.stderr,
+        flush=True,
+    )
