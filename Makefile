@@ -23,7 +23,7 @@ test: $(STAMP)
 ## lint: ruff and mypy, both must stay clean
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check server licensing
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 ## bench: fan-out and ingest numbers (see bench/README.md)

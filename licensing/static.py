@@ -52,8 +52,8 @@ class KeysFileProvider:
         self._clock = clock
         self._keys: frozenset[str] = frozenset()
         self._signature: tuple[int, int, int] | None = None
-        self._checked_at = float("-inf")
         self._load(self._stat())
+        self._checked_at = clock()
 
     def __repr__(self) -> str:
         return f"KeysFileProvider(path={str(self.path)!r}, keys={len(self._keys)})"

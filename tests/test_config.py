@@ -1,0 +1,72 @@
+"""Settings from RELAY_* variables: defaults, bad values, hidden secrets."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from server.config import DuplicatePolicy, Settings
+from server.errors import ConfigError
+
+SECRET = "whsec_" + base64.b64encode(b"s" * 32).decode()
+BASE = {"RELAY_WEBHOOK_SECRETS": SECRET}
+
+
+def test_defaults_need_only_a_secret():
+    settings = Settings.from_env(BASE)
+
+    assert (settings.host, settings.port) == ("127.0.0.1", 8080)
+    assert settings.duplicate_policy is DuplicatePolicy.REJECT
+    assert settings.webhook_secrets[0].name == "default"
+
+
+def test_missing_secret_names_the_variable():
+    with pytest.raises(ConfigError, match=r"^RELAY_WEBHOOK_SECRETS: required"):
+        Settings.from_env({})
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("RELAY_PORT", "eighty", "expected a whole number, got 'eighty'"),
+        ("RELAY_PORT", "70000", "must be from 0 to 65535"),
+        ("RELAY_DUPLICATE_POLICY", "kick", "expected one of reject, replace"),
+        ("RELAY_PING_INTERVAL", "-1", "must be at least"),
+        ("RELAY_LOG_LEVEL", "loud", "expected one of debug"),
+        ("RELAY_WEBHOOK_SECRETS", "acme=whsec_%%%", "not valid base64"),
+        ("RELAY_WEBHOOK_SECRETS", "whsec_c2hvcnQ=", "shorter than 16 bytes"),
+        ("RELAY_WEBHOOK_SECRETS", f"={SECRET}", "empty name"),
+    ],
+)
+def test_bad_values_name_their_variable(name, value, message):
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({**BASE, name: value})
+
+    assert str(raised.value).startswith(f"{name}: ")
+    assert message in str(raised.value)
+
+
+def test_named_and_bare_secrets_with_rotation():
+    other = "whsec_" + base64.b64encode(b"t" * 24).decode()
+    settings = Settings.from_env(
+        {"RELAY_WEBHOOK_SECRETS": f"acme={SECRET}, acme={other},{other}"}
+    )
+
+    assert [s.name for s in settings.webhook_secrets] == ["acme", "acme", "default"]
+
+
+def test_repr_hides_secret_bytes():
+    settings = Settings.from_env(BASE)
+
+    assert "c3Nz" not in repr(settings)
+    assert "sss" not in repr(settings)
+    assert "key=<hidden>" in repr(settings)
+
+
+def test_dead_client_window_is_interval_plus_timeout():
+    settings = Settings.from_env(
+        {**BASE, "RELAY_PING_INTERVAL": "10", "RELAY_PING_TIMEOUT": "15"}
+    )
+
+    assert settings.dead_client_window == 25
