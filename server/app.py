@@ -30,6 +30,7 @@ from server.registry import InMemoryKeyRegistry, KeyRegistry
 from server.replay import InMemoryWebhookLedger, WebhookLedger
 from server.signing import verify
 from server.stellar import encode, normalise_body, parse_json
+from server.websocket import Heartbeat, ListeningWebsocket
 
 log = structlog.get_logger("server")
 
@@ -66,7 +67,7 @@ class RelayErrorHandler(ErrorHandler):
         self.log(request, exception)
         if isinstance(exception, SanicException):
             status = exception.status_code
-            message = str(exception.message or exception).lower().rstrip(".")
+            message = str(exception.message or exception).strip().rstrip(".")
         else:
             status, message = 500, "internal error"
         if request.path == WEBHOOK_PATH:
@@ -91,13 +92,17 @@ def create_app(relay: Relay) -> Sanic[Any, Any]:
             "MOTD": False,
             "REQUEST_MAX_SIZE": MAX_WEBHOOK_BODY,
             "WEBSOCKET_MAX_SIZE": settings.max_client_message,
-            "WEBSOCKET_PING_INTERVAL": settings.ping_interval,
-            "WEBSOCKET_PING_TIMEOUT": settings.ping_timeout,
-            "WEBSOCKET_TIMEOUT": 5,
+            # Pings come from the relay's own Heartbeat, not from Sanic.
+            "WEBSOCKET_PING_INTERVAL": None,
             "FALLBACK_ERROR_FORMAT": "json",
         }
     )
     app.ctx.relay = relay
+    heartbeat = Heartbeat(
+        relay.hub.connections,
+        settings.ping_interval,
+        on_timeout=lambda connection: connection.close(CloseCode.PING_TIMEOUT),
+    )
 
     async def stellar_client(request: Request, websocket: Any) -> None:
         await serve_client(relay, request, websocket)
@@ -109,6 +114,10 @@ def create_app(relay: Relay) -> Sanic[Any, Any]:
     )
     app.add_route(_health_handler(relay), "/healthz", methods=["GET"], name="healthz")
     app.exception(WebhookError)(_webhook_error)
+
+    @app.after_server_start
+    async def start_heartbeat(app: Sanic[Any, Any]) -> None:
+        app.add_task(heartbeat.run(), name="heartbeat")
 
     @app.before_server_stop
     async def shut_down(app: Sanic[Any, Any]) -> None:
@@ -123,7 +132,9 @@ def create_app(relay: Relay) -> Sanic[Any, Any]:
     return app
 
 
-async def serve_client(relay: Relay, request: Request, websocket: Any) -> None:
+async def serve_client(
+    relay: Relay, request: Request, websocket: ListeningWebsocket
+) -> None:
     """One Stellar connection, from key check to close."""
     key = request.args.get("key", "")
     owner = uuid.uuid4().hex
@@ -153,7 +164,12 @@ async def serve_client(relay: Relay, request: Request, websocket: Any) -> None:
 
 
 async def _stay_connected(
-    relay: Relay, owner: str, key: str, peer: str, websocket: Any, client_log: Any
+    relay: Relay,
+    owner: str,
+    key: str,
+    peer: str,
+    websocket: ListeningWebsocket,
+    client_log: Any,
 ) -> None:
     hub = relay.hub
     connection = Connection(
@@ -162,13 +178,12 @@ async def _stay_connected(
     hub.add(connection)
     client_log.info("client.connected", clients=len(hub))
     try:
-        # Stellar sends nothing; whatever arrives is read and dropped so the
-        # socket keeps answering pings. Oversized messages close with 1009.
-        async for _ in websocket:
-            pass
+        # Stellar sends nothing; whatever arrives is dropped as it is read,
+        # and a message over the limit closes with 1009.
+        await websocket.wait_closed()
     finally:
         hub.remove(owner)
-        code = _close_code(websocket)
+        code = websocket.close_code()
         client_log.info(
             "client.disconnected",
             code=code,
@@ -185,19 +200,11 @@ def _close_replaced(hub: Hub, previous_owner: str, client_log: Any) -> None:
         client_log.info("client.replaced", old_peer=previous.peer)
 
 
-async def _refuse(websocket: Any, client_log: Any, code: CloseCode, why: str) -> None:
+async def _refuse(
+    websocket: ListeningWebsocket, client_log: Any, code: CloseCode, why: str
+) -> None:
     client_log.info("client.refused", code=int(code), why=why)
-    await websocket.close(int(code), code.reason)
-
-
-def _close_code(websocket: Any) -> int | None:
-    protocol = websocket.ws_proto
-    if protocol.close_sent is not None:
-        return int(protocol.close_sent.code)
-    if protocol.close_rcvd is not None:
-        return int(protocol.close_rcvd.code)
-
-    return 1006
+    websocket.end_connection(int(code), code.reason)
 
 
 def _restock_handler(relay: Relay) -> Callable[[Request], Any]:
@@ -231,6 +238,7 @@ def _restock_handler(relay: Relay) -> Callable[[Request], Any]:
             items=len(payloads),
             delivered=report.delivered,
             slow_consumers=report.slow_consumers,
+            fanout_ms=round(report.seconds * 1000, 2),
         )
 
         return json({"accepted": len(payloads)}, status=202)

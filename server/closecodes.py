@@ -23,6 +23,7 @@ class CloseCode(enum.IntEnum):
 
     GOING_AWAY = 1001, "server going away"
     MESSAGE_TOO_BIG = 1009, "message too big"
+    PING_TIMEOUT = 1011, "keepalive ping timeout"
     SLOW_CONSUMER = 4008, "slow consumer"
     BAD_KEY = 4401, "unknown or malformed key"
     LICENSE_INACTIVE = 4403, "license not active"

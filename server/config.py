@@ -59,7 +59,6 @@ class Settings:
     webhook_secrets: tuple[WebhookSecret, ...] = ()
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.REJECT
     ping_interval: float = 10.0
-    ping_timeout: float = 10.0
     max_client_message: int = 4096
     client_buffer: int = 1024 * 1024
     backlog: int = 4096
@@ -89,9 +88,6 @@ class Settings:
             ping_interval=reader.number(
                 "RELAY_PING_INTERVAL", defaults.ping_interval, low=0.1
             ),
-            ping_timeout=reader.number(
-                "RELAY_PING_TIMEOUT", defaults.ping_timeout, low=0.1
-            ),
             max_client_message=reader.integer(
                 "RELAY_MAX_CLIENT_MESSAGE", defaults.max_client_message, low=125
             ),
@@ -111,8 +107,12 @@ class Settings:
 
     @property
     def dead_client_window(self) -> float:
-        """Longest time a silent, half-open client can keep holding its key."""
-        return self.ping_interval + self.ping_timeout
+        """Longest time a silent, half-open client is still counted as live.
+
+        A client is pinged every interval and dropped at the next ping if it
+        sent nothing (not even the pong) since the last one.
+        """
+        return 2 * self.ping_interval
 
 
 def parse_secret(variable: str, text: str) -> bytes:

@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from licensing import redact_key
 from server.closecodes import CloseCode
 
 log = structlog.get_logger("server.hub")
@@ -49,7 +50,7 @@ class Connection:
         self.key = key
         self.peer = peer
         self.websocket = websocket
-        self.transport = websocket.io_proto.transport
+        self.transport = websocket.transport
         self.opened_at = opened_at
 
     def __repr__(self) -> str:
@@ -57,7 +58,7 @@ class Connection:
 
     def close(self, code: CloseCode) -> None:
         """Send a close frame and drop the TCP connection; never waits."""
-        self.websocket.fail_connection(int(code), code.reason)
+        self.websocket.fail(int(code), code.reason)
 
     def say_going_away(self) -> None:
         """Start a graceful close with 1001, for shutdown."""
@@ -69,6 +70,7 @@ class Connection:
 class BroadcastReport:
     delivered: int
     slow_consumers: int
+    seconds: float
 
 
 class Hub:
@@ -78,12 +80,10 @@ class Hub:
         self,
         *,
         client_buffer: int,
-        on_slow_consumer: Callable[[Connection], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client_buffer = client_buffer
         self._connections: dict[str, Connection] = {}
-        self._on_slow_consumer = on_slow_consumer
         self.clock = clock
         self.restocks_sent = 0
         self.slow_consumers_closed = 0
@@ -104,8 +104,14 @@ class Hub:
         return list(self._connections.values())
 
     def broadcast(self, frames: bytes, *, count: int) -> BroadcastReport:
-        """Write ``frames`` (``count`` restocks) to every open connection."""
-        limit = self.client_buffer - len(frames)
+        """Write ``frames`` (``count`` restocks) to every open connection.
+
+        A connection that already has more than ``client_buffer`` bytes
+        waiting is closed instead, so a client's buffer never holds more
+        than that bound plus one webhook's frames.
+        """
+        started = time.perf_counter()
+        limit = self.client_buffer
         delivered = 0
         slow: list[Connection] = []
         for connection in self._connections.values():
@@ -121,11 +127,15 @@ class Hub:
             self._drop_slow_consumer(connection)
         self.restocks_sent += count
 
-        return BroadcastReport(delivered, len(slow))
+        return BroadcastReport(delivered, len(slow), time.perf_counter() - started)
 
     def _drop_slow_consumer(self, connection: Connection) -> None:
         self.remove(connection.owner)
         self.slow_consumers_closed += 1
+        log.warning(
+            "client.slow_consumer",
+            key=redact_key(connection.key),
+            peer=connection.peer,
+            waiting=connection.transport.get_write_buffer_size(),
+        )
         connection.close(CloseCode.SLOW_CONSUMER)
-        if self._on_slow_consumer is not None:
-            self._on_slow_consumer(connection)

@@ -21,6 +21,7 @@ from server.app import Relay, create_app
 from server.config import Settings
 from server.errors import ConfigError
 from server.logs import configure_logging
+from server.websocket import RelayWebSocketProtocol
 
 log = structlog.get_logger("server")
 
@@ -57,6 +58,7 @@ def run(settings: Settings, *, announce_demo: bool = False) -> None:
         access_log=False,
         motd=False,
         backlog=settings.backlog,
+        protocol=RelayWebSocketProtocol,
     )
     log.info("relay.stopped")
 

@@ -64,9 +64,7 @@ def test_repr_hides_secret_bytes():
     assert "key=<hidden>" in repr(settings)
 
 
-def test_dead_client_window_is_interval_plus_timeout():
-    settings = Settings.from_env(
-        {**BASE, "RELAY_PING_INTERVAL": "10", "RELAY_PING_TIMEOUT": "15"}
-    )
+def test_dead_client_window_is_two_ping_intervals():
+    settings = Settings.from_env({**BASE, "RELAY_PING_INTERVAL": "12"})
 
-    assert settings.dead_client_window == 25
+    assert settings.dead_client_window == 24

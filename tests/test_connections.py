@@ -208,7 +208,7 @@ async def test_replace_policy_closes_the_old_socket(tmp_path):
 async def test_silent_client_is_dropped_by_ping_timeout(tmp_path):
     """A client that stops answering pings loses its key within one window."""
     key = "SILENT-CLIENT-1"
-    env = {"RELAY_PING_INTERVAL": "0.3", "RELAY_PING_TIMEOUT": "0.3"}
+    env = {"RELAY_PING_INTERVAL": "0.3"}
     with RelayProcess(tmp_path, keys=[key], env=env) as relay:
         client = await open_client(relay.ws_url(key))
         await wait_for_connections(relay, 1)
@@ -253,3 +253,29 @@ async def test_keys_file_changes_are_picked_up(tmp_path):
         relay.stop()
 
     assert before == 4401
+
+
+async def test_client_that_answers_pings_stays_connected(tmp_path):
+    """Many heartbeat rounds later, a live client still has its feed."""
+    key = "LIVELY-CLIENT-1"
+    with RelayProcess(
+        tmp_path, keys=[key], env={"RELAY_PING_INTERVAL": "0.2"}
+    ) as relay:
+        client = await open_client(relay.ws_url(key))
+        await wait_for_connections(relay, 1)
+        await asyncio.sleep(1.5)  # seven pings answered by the client library
+
+        relay.post(RESTOCK)
+        received = await next_restock(client)
+        await client.close()
+
+    assert received == NORMALISED
+
+
+async def test_compression_is_never_negotiated(relay):
+    """One encoded frame fits every client only if nobody compresses."""
+    client = await open_client(relay.ws_url(KEYS[8]), compression="deflate")
+    extensions = client.response.headers.get_all("Sec-WebSocket-Extensions")
+    await client.close()
+
+    assert extensions == []
