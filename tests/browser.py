@@ -129,7 +129,9 @@ class HeadlessChromium:
         raise RuntimeError("chromium lists no page")
 
     def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return (
+            self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        )
 
 
 class DevToolsPage:

@@ -218,7 +218,9 @@ class NginxProcess:
         """Access log lines of requests that came from ``address``."""
         prefix = f"{address} "
 
-        return [line for line in self.access_log().splitlines() if line.startswith(prefix)]
+        return [
+            line for line in self.access_log().splitlines() if line.startswith(prefix)
+        ]
 
     def error_log(self) -> str:
         return _read(self.error_log_path)

@@ -11,6 +11,8 @@ import asyncio
 import json
 import math
 import shutil
+import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -46,7 +48,8 @@ def tls_ca() -> trustme.CA:
 
 @pytest.fixture(scope="module")
 def certificate(tls_ca: trustme.CA) -> trustme.LeafCert:
-    return tls_ca.issue_cert("127.0.0.1")
+    """An RSA key, so that TLS 1.2 suites with RSA key exchange exist at all."""
+    return tls_ca.issue_cert("127.0.0.1", key_type=trustme.KeyType.RSA)
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +112,7 @@ def test_nginx_accepts_the_shipped_config(tmp_path, certificate):
 
 
 @pytest.mark.parametrize("path", ["/ws", "/"])
-async def test_wss_client_receives_a_restock_posted_over_https(
-    nginx, relay, tls, path
-):
+async def test_wss_client_receives_a_restock_posted_over_https(nginx, relay, tls, path):
     """wss:// on the TLS port, webhook over https: the restock arrives."""
     client = await open_from(nginx.wss_url(KEYS[100], path), fresh_address(), tls)
     await wait_for_connections(relay, 1)
@@ -151,16 +152,12 @@ async def test_plain_ws_client_on_port_80_receives_a_restock(nginx, relay, tls):
 
 
 async def test_unknown_key_keeps_its_4401_through_nginx(nginx, tls):
-    code = await handshake_result(
-        nginx.wss_url("NOT-A-CUSTOMER"), fresh_address(), tls
-    )
+    code = await handshake_result(nginx.wss_url("NOT-A-CUSTOMER"), fresh_address(), tls)
 
     assert code == 4401
 
 
-async def test_second_socket_for_a_key_keeps_its_4409_through_nginx(
-    nginx, relay, tls
-):
+async def test_second_socket_for_a_key_keeps_its_4409_through_nginx(nginx, relay, tls):
     """The relay's duplicate refusal reaches the client unchanged."""
     first = await open_from(nginx.wss_url(KEYS[102]), fresh_address(), tls)
     await wait_for_connections(relay, 1)
@@ -185,9 +182,7 @@ async def test_relay_logs_the_client_address_not_nginx(nginx, relay, tls):
     assert {e["peer"] for e in events} == {source}
 
 
-async def test_client_cannot_choose_its_address_with_x_forwarded_for(
-    nginx, relay, tls
-):
+async def test_client_cannot_choose_its_address_with_x_forwarded_for(nginx, relay, tls):
     """A forged X-Forwarded-For from the client is not what the relay logs."""
     source = fresh_address()
     client = await open_from(
@@ -275,6 +270,38 @@ async def test_eleventh_socket_from_one_address_gets_429(nginx, relay, tls):
     assert client_events(relay, key=redact_key(KEYS[120])) == []
 
 
+def tls12_handshake(nginx: NginxProcess, ca: trustme.CA, ciphers: str) -> str:
+    """Offer only TLS 1.2 with ``ciphers``; the suite nginx picks."""
+    context = client_context(ca)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(ciphers)
+    with (
+        socket.create_connection(("127.0.0.1", nginx.https_port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls_socket,
+    ):
+        suite = tls_socket.cipher()
+    assert suite is not None
+
+    return suite[0]
+
+
+def test_tls12_client_with_a_forward_secret_aead_suite_connects(nginx, tls_ca):
+    suite = tls12_handshake(nginx, tls_ca, "ECDHE-RSA-AES128-GCM-SHA256")
+
+    assert suite == "ECDHE-RSA-AES128-GCM-SHA256"
+
+
+@pytest.mark.parametrize(
+    "ciphers",
+    ["AES128-GCM-SHA256", "ECDHE-RSA-AES128-SHA256"],
+    ids=["no-forward-secrecy", "cbc"],
+)
+def test_tls12_suites_outside_the_modern_list_are_refused(nginx, tls_ca, ciphers):
+    """Without ECDHE, or without an AEAD cipher, there is no handshake."""
+    with pytest.raises(ssl.SSLError):
+        tls12_handshake(nginx, tls_ca, ciphers)
+
+
 def test_healthz_answers_an_allowed_address(nginx, tls):
     status, _, body = https_request(
         nginx, "GET", "/healthz", source="127.0.0.1", context=tls
@@ -311,6 +338,20 @@ def test_webhook_body_over_64k_is_stopped_by_nginx(nginx, relay, tls):
 
     assert status == 413
     assert [e for e in relay.log_events() if e.get("peer") == source] == []
+
+
+def test_webhook_body_under_64k_reaches_the_relay(nginx, relay, tls):
+    """Up to the relay's own limit, nginx passes the post on (the relay judges)."""
+    source = fresh_address()
+    large = json.dumps({**RESTOCK, "padding": "x" * 60_000}).encode()
+
+    status, _ = post_restock(
+        nginx, None, raw=large, secret=relay.secret, source=source, context=tls
+    )
+
+    refused = [e for e in relay.log_events() if e.get("peer") == source]
+    assert status == 422
+    assert [e["event"] for e in refused] == ["webhook.refused"]
 
 
 async def test_relay_shutdown_closes_clients_with_1001_through_nginx(
