@@ -5,6 +5,11 @@ Routes:
 - ``GET /ws`` and ``GET /`` (websocket): a Stellar client, key in ``?key=``.
 - ``POST /webhooks/restock``: a signed restock from a monitor.
 - ``GET /healthz``: liveness and counts.
+
+Behind a reverse proxy the client's address comes from the forwarding header
+(``RELAY_PROXIES_COUNT``, ``RELAY_FORWARDED_FOR_HEADER``); with no proxy
+configured, from the socket. Every log line about a request carries it as
+``peer``.
 """
 
 from __future__ import annotations
@@ -71,7 +76,12 @@ class RelayErrorHandler(ErrorHandler):
         else:
             status, message = 500, "internal error"
         if request.path == WEBHOOK_PATH:
-            log.info("webhook.refused", status=status, error=message)
+            log.info(
+                "webhook.refused",
+                status=status,
+                error=message,
+                peer=client_address(request),
+            )
 
         return json({"error": message}, status=status)
 
@@ -95,6 +105,14 @@ def create_app(relay: Relay) -> Sanic[Any, Any]:
             # Pings come from the relay's own Heartbeat, not from Sanic.
             "WEBSOCKET_PING_INTERVAL": None,
             "FALLBACK_ERROR_FORMAT": "json",
+            # Which forwarding header to believe, and how far from the right
+            # the client's address sits in it. Sanic's other sources (RFC
+            # 7239 Forwarded, a real-IP header) stay off, so SANIC_* variables
+            # cannot switch them on behind the relay's config.
+            "PROXIES_COUNT": settings.proxies_count or None,
+            "FORWARDED_FOR_HEADER": settings.forwarded_for_header,
+            "REAL_IP_HEADER": None,
+            "FORWARDED_SECRET": None,
         }
     )
     app.ctx.relay = relay
@@ -132,13 +150,18 @@ def create_app(relay: Relay) -> Sanic[Any, Any]:
     return app
 
 
+def client_address(request: Request) -> str:
+    """The client's address: forwarded by a trusted proxy, else the socket's."""
+    return str(request.remote_addr or request.ip)
+
+
 async def serve_client(
     relay: Relay, request: Request, websocket: ListeningWebsocket
 ) -> None:
     """One Stellar connection, from key check to close."""
     key = request.args.get("key", "")
     owner = uuid.uuid4().hex
-    peer = request.remote_addr or request.ip
+    peer = client_address(request)
     client_log = log.bind(key=redact_key(key), peer=peer)
     if not is_well_formed_key(key):
         await _refuse(websocket, client_log, CloseCode.BAD_KEY, "malformed key")
@@ -225,7 +248,11 @@ def _restock_handler(relay: Relay) -> Callable[[Request], Any]:
                 "invalid restock payload", details=[p.as_dict() for p in problems]
             )
 
-        webhook_log = log.bind(source=verified.source, webhook_id=verified.webhook_id)
+        webhook_log = log.bind(
+            source=verified.source,
+            webhook_id=verified.webhook_id,
+            peer=client_address(request),
+        )
         ledger_id = f"{verified.source}:{verified.webhook_id}"
         if not await relay.ledger.first_sighting(ledger_id):
             webhook_log.info("webhook.duplicate", items=len(payloads))
@@ -262,6 +289,11 @@ def _health_handler(relay: Relay) -> Callable[[Request], Any]:
 
 
 async def _webhook_error(request: Request, error: WebhookError) -> HTTPResponse:
-    log.info("webhook.refused", status=error.status, error=error.message)
+    log.info(
+        "webhook.refused",
+        status=error.status,
+        error=error.message,
+        peer=client_address(request),
+    )
 
     return json(error.body(), status=error.status)

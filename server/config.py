@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ T = TypeVar("T")
 
 SECRET_PREFIX = "whsec_"
 DEFAULT_SECRET_NAME = "default"
+HEADER_NAME = re.compile(r"[A-Za-z0-9-]+")
 
 
 class DuplicatePolicy(enum.Enum):
@@ -64,6 +66,9 @@ class Settings:
     backlog: int = 4096
     log_level: str = "info"
     log_format: LogFormat = LogFormat.AUTO
+    proxies_count: int = 0
+    """Reverse proxies in front of the relay; 0 trusts no forwarding header."""
+    forwarded_for_header: str = "X-Forwarded-For"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -102,6 +107,12 @@ class Settings:
             ),
             log_format=reader.choice(
                 "RELAY_LOG_FORMAT", LogFormat, defaults.log_format
+            ),
+            proxies_count=reader.integer(
+                "RELAY_PROXIES_COUNT", defaults.proxies_count, low=0, high=10
+            ),
+            forwarded_for_header=reader.header_name(
+                "RELAY_FORWARDED_FOR_HEADER", defaults.forwarded_for_header
             ),
         )
 
@@ -202,6 +213,16 @@ class _Reader:
             raise ConfigError(
                 name, f"expected one of {choices}, got {value!r}"
             ) from None
+
+    def header_name(self, name: str, default: str) -> str:
+        value = self.raw(name) or default
+        if not HEADER_NAME.fullmatch(value):
+            raise ConfigError(
+                name,
+                f"expected an HTTP header name (letters, digits, -), got {value!r}",
+            )
+
+        return value
 
     def choice_text(self, name: str, choices: tuple[str, ...], default: str) -> str:
         value = self.raw(name).lower() or default

@@ -50,6 +50,7 @@ def run(settings: Settings, *, announce_demo: bool = False) -> None:
         provider=provider.name,
         policy=settings.duplicate_policy.value,
         secrets=[secret.name for secret in settings.webhook_secrets],
+        proxies=settings.proxies_count,
     )
     app.run(
         host=settings.host,
