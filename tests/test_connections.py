@@ -253,4 +253,3 @@ async def test_keys_file_changes_are_picked_up(tmp_path):
         relay.stop()
 
     assert before == 4401
-
