@@ -23,10 +23,16 @@ class LicenseStatus(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class LicenseResult:
-    """A provider's verdict on one key. ``reason`` is short and safe to log."""
+    """A provider's verdict on one key. ``reason`` is short and safe to log.
+
+    ``retry_after`` is set only on an ``UNAVAILABLE`` result that came from
+    the provider asking to be left alone (HTTP 429): the seconds to wait
+    before the next call to that provider, for any key.
+    """
 
     status: LicenseStatus
     reason: str = ""
+    retry_after: float | None = None
 
     @property
     def is_active(self) -> bool:
@@ -45,8 +51,10 @@ class LicenseResult:
         return cls(LicenseStatus.UNKNOWN, reason)
 
     @classmethod
-    def unavailable(cls, reason: str) -> LicenseResult:
-        return cls(LicenseStatus.UNAVAILABLE, reason)
+    def unavailable(
+        cls, reason: str, *, retry_after: float | None = None
+    ) -> LicenseResult:
+        return cls(LicenseStatus.UNAVAILABLE, reason, retry_after)
 
 
 class LicenseProvider(Protocol):

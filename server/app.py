@@ -14,6 +14,7 @@ configured, from the socket. Every log line about a request carries it as
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable
@@ -27,10 +28,12 @@ from sanic.handlers import ErrorHandler
 from sanic.response import HTTPResponse, json
 
 from licensing import LicenseProvider, LicenseStatus, is_well_formed_key, redact_key
+from licensing.cache import fresh_lookup
 from server.closecodes import CloseCode
 from server.config import DuplicatePolicy, Settings
 from server.errors import NotJSONError, PayloadError, WebhookError
 from server.hub import Connection, Hub, text_frame
+from server.recheck import run_rechecks
 from server.registry import InMemoryKeyRegistry, KeyRegistry
 from server.replay import InMemoryWebhookLedger, WebhookLedger
 from server.signing import verify
@@ -137,13 +140,23 @@ def create_app(relay: Relay) -> Sanic[Any, Any]:
     async def start_heartbeat(app: Sanic[Any, Any]) -> None:
         app.add_task(heartbeat.run(), name="heartbeat")
 
+    @app.before_server_start
+    async def start_rechecks(app: Sanic[Any, Any]) -> None:
+        app.ctx.rechecks = asyncio.get_running_loop().create_task(
+            run_rechecks(
+                relay.hub, fresh_lookup(relay.licenses), settings.licensing.recheck
+            ),
+            name="license-rechecks",
+        )
+
     @app.before_server_stop
     async def shut_down(app: Sanic[Any, Any]) -> None:
         # 1. Sanic has stopped accepting; tell every client we are going
         #    away (left to Sanic, they would get a plain 1000).
         for connection in relay.hub.connections():
             connection.say_going_away()
-        # 2. Close the provider's HTTP sessions.
+        # 2. Stop re-checking, then close the provider's HTTP sessions.
+        app.ctx.rechecks.cancel()
         await relay.licenses.close()
         log.info("relay.stopping", clients_closed=len(relay.hub))
 

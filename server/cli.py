@@ -5,6 +5,8 @@
   webhook secret, kept in ``.relay-demo/``) and prints how to try it.
 - ``stellar-relay publish``: sign and post a restock, as a monitor would.
 - ``stellar-relay listen``: connect like Stellar does and print each restock.
+- ``stellar-relay check-key KEY``: ask the configured license provider about
+  one key; exit 0 when it is active, 1 when not, 3 when no answer was had.
 """
 
 from __future__ import annotations
@@ -72,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     listen.add_argument("url", help="ws://host:port/ws?key=...")
     listen.set_defaults(command=_listen)
+
+    check_key = commands.add_parser(
+        "check-key", help="what the configured license provider says of a key"
+    )
+    check_key.add_argument("key", help="the license key to look up")
+    check_key.set_defaults(command=_check_key)
 
     return parser
 
@@ -210,6 +218,42 @@ def _listen(args: argparse.Namespace) -> int:
         return asyncio.run(listen())
     except KeyboardInterrupt:
         return 0
+
+
+def _check_key(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from licensing import LicenseStatus, is_well_formed_key, redact_key
+    from server.logs import configure_logging
+    from server.runner import build_provider
+
+    key: str = args.key
+    try:
+        settings = Settings.from_env(os.environ, need_webhook_secrets=False)
+        configure_logging(settings.log_level, settings.log_format)
+        provider = build_provider(settings)
+    except ConfigError as exc:
+        print(f"stellar-relay: {exc}", file=sys.stderr)
+        return 2
+
+    async def ask() -> Any:
+        try:
+            return await provider.lookup(key)
+        finally:
+            await provider.close()
+
+    print(f"provider: {provider.name}")
+    print(f"key:      {redact_key(key)}")
+    if not is_well_formed_key(key):
+        print("status:   unknown (malformed key, not sent to the provider)")
+        return 1
+    result = asyncio.run(ask())
+    print(f"status:   {result.status.value}")
+    print(f"reason:   {result.reason}")
+    if result.status is LicenseStatus.ACTIVE:
+        return 0
+
+    return 3 if result.status is LicenseStatus.UNAVAILABLE else 1
 
 
 if __name__ == "__main__":

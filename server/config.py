@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from server.errors import ConfigError
 
@@ -40,6 +41,25 @@ class LogFormat(enum.Enum):
     CONSOLE = "console"
 
 
+class ProviderKind(enum.Enum):
+    """Who answers "is this key licensed?" (``RELAY_LICENSE_PROVIDER``)."""
+
+    STATIC = "static"
+    """The keys file (``RELAY_KEYS_FILE``)."""
+    WHOP = "whop"
+    HYPER = "hyper"
+
+
+class WhopApi(enum.Enum):
+    """Which Whop endpoint answers (``RELAY_WHOP_API``)."""
+
+    V1 = "v1"
+    """``GET /memberships/{key}``; validity from ``status``."""
+    V2 = "v2"
+    """The older ``POST /v2/memberships/{key}/validate_license``; validity
+    from the ``valid`` flag."""
+
+
 @dataclass(frozen=True, slots=True)
 class WebhookSecret:
     """One signing secret. The key bytes never appear in a repr."""
@@ -49,6 +69,101 @@ class WebhookSecret:
 
     def __repr__(self) -> str:
         return f"WebhookSecret(name={self.name!r}, key=<hidden>)"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A provider API key; ``value`` is the only way to the text."""
+
+    value: str = field(default="", repr=False)
+
+    def __repr__(self) -> str:
+        return "<hidden>" if self.value else "<unset>"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self.value)
+
+
+WHOP_BASE_URLS = {
+    WhopApi.V1: "https://api.whop.com/api/v1",
+    WhopApi.V2: "https://api.whop.com/api",
+}
+HYPER_BASE_URL = "https://api.hyper.co/v6"
+
+
+@dataclass(frozen=True, slots=True)
+class LicensingSettings:
+    """Which provider checks keys, and how its answers are cached.
+
+    Times are seconds. ``whop_base_url`` left empty means the public base of
+    the chosen ``whop_api``.
+    """
+
+    provider: ProviderKind = ProviderKind.STATIC
+    timeout: float = 3.0
+    ttl: float = 600.0
+    negative_ttl: float = 60.0
+    grace: float = 86400.0
+    recheck: float = 900.0
+    whop_api: WhopApi = WhopApi.V1
+    whop_base_url: str = ""
+    whop_api_key: ApiKey = ApiKey()
+    whop_active_statuses: frozenset[str] = frozenset(
+        {"trialing", "active", "past_due", "canceling"}
+    )
+    hyper_base_url: str = HYPER_BASE_URL
+    hyper_api_key: ApiKey = ApiKey()
+    hyper_active_statuses: frozenset[str] = frozenset(
+        {"active", "trialing", "past_due"}
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> LicensingSettings:
+        """The ``RELAY_LICENSE_*``, ``RELAY_WHOP_*`` and ``RELAY_HYPER_*``
+        variables; an API key is required for the provider that needs it."""
+        reader = _Reader(environ)
+        defaults = cls()
+        provider = reader.choice(
+            "RELAY_LICENSE_PROVIDER", ProviderKind, defaults.provider
+        )
+        whop_api = reader.choice("RELAY_WHOP_API", WhopApi, defaults.whop_api)
+        settings = cls(
+            provider=provider,
+            timeout=reader.number("RELAY_LICENSE_TIMEOUT", defaults.timeout, low=0.1),
+            ttl=reader.number("RELAY_LICENSE_TTL", defaults.ttl, low=0),
+            negative_ttl=reader.number(
+                "RELAY_LICENSE_NEGATIVE_TTL", defaults.negative_ttl, low=0
+            ),
+            grace=reader.number("RELAY_LICENSE_GRACE", defaults.grace, low=0),
+            recheck=reader.number("RELAY_LICENSE_RECHECK", defaults.recheck, low=0.1),
+            whop_api=whop_api,
+            whop_base_url=reader.url("RELAY_WHOP_BASE_URL", WHOP_BASE_URLS[whop_api]),
+            whop_api_key=ApiKey(reader.raw("RELAY_WHOP_API_KEY")),
+            whop_active_statuses=reader.words(
+                "RELAY_WHOP_ACTIVE_STATUSES", defaults.whop_active_statuses
+            ),
+            hyper_base_url=reader.url("RELAY_HYPER_BASE_URL", defaults.hyper_base_url),
+            hyper_api_key=ApiKey(reader.raw("RELAY_HYPER_API_KEY")),
+            hyper_active_statuses=reader.words(
+                "RELAY_HYPER_ACTIVE_STATUSES", defaults.hyper_active_statuses
+            ),
+        )
+        settings._require_api_key()
+
+        return settings
+
+    def _require_api_key(self) -> None:
+        needed = {
+            ProviderKind.WHOP: ("RELAY_WHOP_API_KEY", self.whop_api_key),
+            ProviderKind.HYPER: ("RELAY_HYPER_API_KEY", self.hyper_api_key),
+        }.get(self.provider)
+        if needed is not None and not needed[1]:
+            raise ConfigError(
+                needed[0],
+                f"required when RELAY_LICENSE_PROVIDER={self.provider.value}",
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,14 +184,21 @@ class Settings:
     proxies_count: int = 0
     """Reverse proxies in front of the relay; 0 trusts no forwarding header."""
     forwarded_for_header: str = "X-Forwarded-For"
+    licensing: LicensingSettings = LicensingSettings()
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> Settings:
-        """Read every ``RELAY_*`` variable; unset ones keep their default."""
+    def from_env(
+        cls, environ: Mapping[str, str], *, need_webhook_secrets: bool = True
+    ) -> Settings:
+        """Read every ``RELAY_*`` variable; unset ones keep their default.
+
+        ``need_webhook_secrets=False`` is for commands that never take a
+        webhook (``check-key``): a missing ``RELAY_WEBHOOK_SECRETS`` is fine.
+        """
         reader = _Reader(environ)
         defaults = cls()
         secrets_text = reader.raw("RELAY_WEBHOOK_SECRETS")
-        if not secrets_text:
+        if not secrets_text and need_webhook_secrets:
             raise ConfigError(
                 "RELAY_WEBHOOK_SECRETS",
                 "required: a comma-separated list of name=whsec_... entries",
@@ -86,7 +208,11 @@ class Settings:
             host=reader.text("RELAY_HOST", defaults.host),
             port=reader.integer("RELAY_PORT", defaults.port, low=0, high=65535),
             keys_file=Path(reader.text("RELAY_KEYS_FILE", str(defaults.keys_file))),
-            webhook_secrets=_parse_secrets("RELAY_WEBHOOK_SECRETS", secrets_text),
+            webhook_secrets=(
+                _parse_secrets("RELAY_WEBHOOK_SECRETS", secrets_text)
+                if secrets_text
+                else ()
+            ),
             duplicate_policy=reader.choice(
                 "RELAY_DUPLICATE_POLICY", DuplicatePolicy, defaults.duplicate_policy
             ),
@@ -114,6 +240,7 @@ class Settings:
             forwarded_for_header=reader.header_name(
                 "RELAY_FORWARDED_FOR_HEADER", defaults.forwarded_for_header
             ),
+            licensing=LicensingSettings.from_env(environ),
         )
 
     @property
@@ -223,6 +350,26 @@ class _Reader:
             )
 
         return value
+
+    def url(self, name: str, default: str) -> str:
+        """An absolute http(s) base URL, without its trailing ``/``."""
+        value = self.raw(name) or default
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(name, f"expected an http(s) URL, got {value!r}")
+
+        return value.rstrip("/")
+
+    def words(self, name: str, default: frozenset[str]) -> frozenset[str]:
+        """A comma-separated set of lower-case words."""
+        value = self.raw(name)
+        if not value:
+            return default
+        words = frozenset(w.strip().lower() for w in value.split(",") if w.strip())
+        if not words:
+            raise ConfigError(name, "expected a comma-separated list, got none")
+
+        return words
 
     def choice_text(self, name: str, choices: tuple[str, ...], default: str) -> str:
         value = self.raw(name).lower() or default

@@ -4,7 +4,8 @@ Steps, in order:
 
 1. configure logging (nothing may print before it, or it escapes the policy);
 2. build the license provider and check it can answer (a keys file that
-   does not exist stops start-up here, with one line);
+   does not exist stops start-up here, with one line; Whop and Hyper open
+   their HTTP session on the first lookup, inside the running loop);
 3. build the app and serve until SIGINT/SIGTERM. Sanic then stops
    accepting, closes every websocket with 1001, and runs the app's
    ``before_server_stop`` hooks, which close the provider.
@@ -17,8 +18,12 @@ import sys
 import structlog
 
 from licensing import KeysFileProvider, LicenseProvider
+from licensing.cache import CachedProvider
+from licensing.http import ProviderClient
+from licensing.hyper import HyperProvider
+from licensing.whop import WhopLegacyProvider, WhopProvider
 from server.app import Relay, create_app
-from server.config import Settings
+from server.config import LicensingSettings, ProviderKind, Settings, WhopApi
 from server.errors import ConfigError
 from server.logs import configure_logging
 from server.websocket import RelayWebSocketProtocol
@@ -27,6 +32,15 @@ log = structlog.get_logger("server")
 
 
 def build_provider(settings: Settings) -> LicenseProvider:
+    """The configured provider; Whop and Hyper come wrapped in the cache."""
+    licensing = settings.licensing
+    if licensing.provider is not ProviderKind.STATIC:
+        return CachedProvider(
+            _remote_provider(licensing),
+            ttl=licensing.ttl,
+            negative_ttl=licensing.negative_ttl,
+            grace=licensing.grace,
+        )
     try:
         return KeysFileProvider(settings.keys_file)
     except OSError as exc:
@@ -34,6 +48,35 @@ def build_provider(settings: Settings) -> LicenseProvider:
             "RELAY_KEYS_FILE",
             f"cannot read {str(settings.keys_file)!r}: {exc.strerror}",
         ) from None
+
+
+def _remote_provider(licensing: LicensingSettings) -> LicenseProvider:
+    if licensing.provider is ProviderKind.HYPER:
+        client = ProviderClient(
+            provider="hyper",
+            api_key=licensing.hyper_api_key.value,
+            key_variable="RELAY_HYPER_API_KEY",
+            timeout=licensing.timeout,
+        )
+        return HyperProvider(
+            client,
+            base_url=licensing.hyper_base_url,
+            active_statuses=licensing.hyper_active_statuses,
+        )
+    client = ProviderClient(
+        provider="whop",
+        api_key=licensing.whop_api_key.value,
+        key_variable="RELAY_WHOP_API_KEY",
+        timeout=licensing.timeout,
+    )
+    if licensing.whop_api is WhopApi.V2:
+        return WhopLegacyProvider(client, base_url=licensing.whop_base_url)
+
+    return WhopProvider(
+        client,
+        base_url=licensing.whop_base_url,
+        active_statuses=licensing.whop_active_statuses,
+    )
 
 
 def run(settings: Settings, *, announce_demo: bool = False) -> None:
@@ -48,6 +91,7 @@ def run(settings: Settings, *, announce_demo: bool = False) -> None:
         host=settings.host,
         port=settings.port,
         provider=provider.name,
+        recheck=settings.licensing.recheck,
         policy=settings.duplicate_policy.value,
         secrets=[secret.name for secret in settings.webhook_secrets],
         proxies=settings.proxies_count,
