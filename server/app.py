@@ -186,16 +186,21 @@ async def serve_client(
         await _refuse(websocket, client_log, CloseCode.KEY_IN_USE, "key in use")
         return
 
+    hub = relay.hub
+    hub.hold(owner, websocket)
     try:
         if claim.previous_owner is not None:
-            _close_replaced(relay.hub, claim.previous_owner, client_log)
+            _close_replaced(hub, claim.previous_owner, client_log)
         license = await relay.licenses.lookup(key)
+        if not hub.unhold(owner):
+            return  # replaced by a newer connection while its license was looked up
         refusal = REFUSAL_FOR_STATUS.get(license.status)
         if refusal is not None:
             await _refuse(websocket, client_log, refusal, license.reason)
             return
         await _stay_connected(relay, owner, key, peer, websocket, client_log)
     finally:
+        hub.unhold(owner)
         await relay.registry.release(key, owner)
 
 
@@ -229,11 +234,8 @@ async def _stay_connected(
 
 
 def _close_replaced(hub: Hub, previous_owner: str, client_log: Any) -> None:
-    previous = hub.get(previous_owner)
-    if previous is not None:
-        hub.remove(previous_owner)
-        previous.close(CloseCode.KEY_IN_USE)
-        client_log.info("client.replaced", old_peer=previous.peer)
+    if hub.evict(previous_owner, CloseCode.KEY_IN_USE):
+        client_log.info("client.replaced")
 
 
 async def _refuse(

@@ -84,6 +84,7 @@ class Hub:
     ) -> None:
         self.client_buffer = client_buffer
         self._connections: dict[str, Connection] = {}
+        self._held: dict[str, Any] = {}
         self.clock = clock
         self.restocks_sent = 0
         self.slow_consumers_closed = 0
@@ -99,6 +100,28 @@ class Hub:
 
     def get(self, owner: str) -> Connection | None:
         return self._connections.get(owner)
+
+    def hold(self, owner: str, websocket: Any) -> None:
+        """Note a websocket whose key is claimed but whose license is being
+        looked up, so that a newer connection can still replace it."""
+        self._held[owner] = websocket
+
+    def unhold(self, owner: str) -> bool:
+        """Forget a held websocket; False if it was evicted meanwhile."""
+        return self._held.pop(owner, None) is not None
+
+    def evict(self, owner: str, code: CloseCode) -> bool:
+        """Close ``owner``'s connection, served or still held; True if found."""
+        connection = self._connections.pop(owner, None)
+        if connection is not None:
+            connection.close(code)
+            return True
+        websocket = self._held.pop(owner, None)
+        if websocket is not None:
+            websocket.fail(int(code), code.reason)
+            return True
+
+        return False
 
     def connections(self) -> list[Connection]:
         return list(self._connections.values())

@@ -279,3 +279,33 @@ async def test_compression_is_never_negotiated(relay):
     await client.close()
 
     assert extensions == []
+
+
+async def test_replace_during_a_slow_license_lookup_keeps_one_connection(tmp_path):
+    """Replace policy with a slow provider: of 5 racing connects, one stays."""
+    from licensing.testing import FakeWhop
+
+    key = "SLOW-LOOKUP-1"
+    with FakeWhop() as whop:
+        whop.add(key, "active")
+        whop.slow(key, 0.3)
+        env = {
+            "RELAY_DUPLICATE_POLICY": "replace",
+            "RELAY_LICENSE_PROVIDER": "whop",
+            "RELAY_WHOP_API_KEY": whop.api_key,
+            "RELAY_WHOP_BASE_URL": whop.v1_url,
+        }
+        with RelayProcess(tmp_path, env=env) as relay:
+            clients = await asyncio.gather(
+                *(open_client(relay.ws_url(key)) for _ in range(5))
+            )
+            codes = await first_closes(clients, 4)
+            await wait_for_connections(relay, 1)
+            await asyncio.sleep(0.5)  # every lookup has answered by now
+
+            connections = relay.health()["connections"]
+            for client in clients:
+                await client.close()
+
+    assert codes == [4409] * 4
+    assert connections == 1
