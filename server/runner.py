@@ -6,13 +6,17 @@ Steps, in order:
 2. build the license provider and check it can answer (a keys file that
    does not exist stops start-up here, with one line; Whop and Hyper open
    their HTTP session on the first lookup, inside the running loop);
-3. build the app and serve until SIGINT/SIGTERM. Sanic then stops
+3. raise the open-files limit to its hard maximum (every client is a file
+   descriptor) and tune the garbage collector for many long-lived objects;
+4. build the app and serve until SIGINT/SIGTERM. Sanic then stops
    accepting, closes every websocket with 1001, and runs the app's
    ``before_server_stop`` hooks, which close the provider.
 """
 
 from __future__ import annotations
 
+import gc
+import resource
 import sys
 
 import structlog
@@ -84,6 +88,8 @@ def run(settings: Settings, *, announce_demo: bool = False) -> None:
     provider = build_provider(settings)
     relay = Relay(settings=settings, licenses=provider)
     app = create_app(relay)
+    files = raise_open_files_limit()
+    tune_garbage_collector()
     if announce_demo and isinstance(provider, KeysFileProvider):
         _print_demo_instructions(settings, provider)
     log.info(
@@ -95,6 +101,7 @@ def run(settings: Settings, *, announce_demo: bool = False) -> None:
         policy=settings.duplicate_policy.value,
         secrets=[secret.name for secret in settings.webhook_secrets],
         proxies=settings.proxies_count,
+        open_files=files,
     )
     app.run(
         host=settings.host,
@@ -106,6 +113,34 @@ def run(settings: Settings, *, announce_demo: bool = False) -> None:
         protocol=RelayWebSocketProtocol,
     )
     log.info("relay.stopped")
+
+
+def raise_open_files_limit() -> int:
+    """Lift the soft limit on open files to the hard one; the new limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+
+    return int(soft)
+
+
+def tune_garbage_collector() -> None:
+    """Fewer collections while thousands of clients connect at once.
+
+    Each connection leaves ~150 long-lived objects, and with the default
+    threshold (700) young collections keep rescanning them during a
+    reconnect storm: on the bench, 10,000 connects took 6-9 s by default and
+    3.5-6.5 s with this setting (noisy 2-core machine). Objects made at
+    start-up are frozen out of collection altogether. Cycles among
+    connection objects are still collected, in larger batches.
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 10)
 
 
 def _print_demo_instructions(settings: Settings, provider: KeysFileProvider) -> None:
