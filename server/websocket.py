@@ -22,6 +22,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -34,6 +35,11 @@ from websockets.server import ServerProtocol
 log = structlog.get_logger("server.websocket")
 
 PING_FRAME = b"\x89\x00"  # final ping frame, no payload, unmasked
+KERNEL_SEND_BUFFER = 64 * 1024
+"""SO_SNDBUF of every client socket. Left to autotuning, Linux lets up to
+4 MiB wait in the kernel for a client that stopped reading, invisible to
+RELAY_CLIENT_BUFFER; restock pings are a few hundred bytes, so 64 KiB costs
+no throughput and bounds what a stalled client holds."""
 CLOSE_TIMEOUT = 5.0
 """Seconds a closing connection may take before its TCP socket is aborted."""
 
@@ -170,6 +176,11 @@ class RelayWebSocketProtocol(WebSocketProtocol):
         self, request: Any, subprotocols: Iterable[str] | None = None
     ) -> ListeningWebsocket:
         await self.send(handshake_response(request.headers))  # type: ignore[no-untyped-call]
+        client_socket = self.transport.get_extra_info("socket")
+        if client_socket is not None:
+            client_socket.setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDBUF, KERNEL_SEND_BUFFER
+            )
         # The handshake is done; the sans-I/O protocol only parses frames.
         ws_proto = ServerProtocol(max_size=self.websocket_max_size, state=State.OPEN)
         websocket = ListeningWebsocket(ws_proto, self.transport, self.loop)

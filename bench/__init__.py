@@ -1,0 +1,1 @@
+"""`make bench`: fan-out latency, connect rate, memory, and webhook ingest."""
