@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sanic import Request, Sanic
@@ -24,12 +24,21 @@ from sanic.response import HTTPResponse, json
 from licensing import LicenseProvider, LicenseStatus, is_well_formed_key, redact_key
 from server.closecodes import CloseCode
 from server.config import DuplicatePolicy, Settings
-from server.errors import NotJSONError, PayloadError, WebhookError
+from server.errors import (
+    NotJSONError,
+    PayloadError,
+    SharedStateUnavailable,
+    WebhookError,
+)
+from server.fanout import Fanout, LocalFanout, Outcome
 from server.hub import Connection, Hub, text_frame
 from server.registry import InMemoryKeyRegistry, KeyRegistry
 from server.replay import InMemoryWebhookLedger, WebhookLedger
 from server.signing import verify
 from server.stellar import encode, normalise_body, parse_json
+
+if TYPE_CHECKING:
+    from server.shared import RedisNode
 
 log = structlog.get_logger("server")
 
@@ -46,17 +55,31 @@ REFUSAL_FOR_STATUS = {
 
 @dataclass
 class Relay:
-    """Everything the handlers share, built once per process."""
+    """Everything the handlers share, built once per process.
+
+    With ``shared`` (a Redis node), the key registry and the fan-out are
+    the node's, shared with every other worker and node; ``ledger`` is then
+    unused: the node records webhook ids in Redis as it publishes.
+    """
 
     settings: Settings
     licenses: LicenseProvider
     registry: KeyRegistry = field(default_factory=InMemoryKeyRegistry)
     ledger: WebhookLedger = field(default_factory=InMemoryWebhookLedger)
     wall_clock: Callable[[], float] = time.time
+    shared: RedisNode | None = None
     hub: Hub = field(init=False)
+    fanout: Fanout = field(init=False)
 
     def __post_init__(self) -> None:
         self.hub = Hub(client_buffer=self.settings.client_buffer)
+        if self.shared is None:
+            self.fanout = LocalFanout(self.hub, self.ledger)
+        else:
+            hub = self.hub
+            self.registry, self.fanout = self.shared.attach(
+                hub, lambda owner: close_displaced(hub, owner)
+            )
 
 
 class RelayErrorHandler(ErrorHandler):
@@ -110,6 +133,11 @@ def create_app(relay: Relay) -> Sanic[Any, Any]:
     app.add_route(_health_handler(relay), "/healthz", methods=["GET"], name="healthz")
     app.exception(WebhookError)(_webhook_error)
 
+    @app.before_server_start
+    async def connect_shared_state(app: Sanic[Any, Any]) -> None:
+        if relay.shared is not None:
+            await relay.shared.start()
+
     @app.before_server_stop
     async def shut_down(app: Sanic[Any, Any]) -> None:
         # 1. Sanic has stopped accepting; tell every client we are going
@@ -119,6 +147,12 @@ def create_app(relay: Relay) -> Sanic[Any, Any]:
         # 2. Close the provider's HTTP sessions.
         await relay.licenses.close()
         log.info("relay.stopping", clients_closed=len(relay.hub))
+
+    @app.after_server_stop
+    async def disconnect_shared_state(app: Sanic[Any, Any]) -> None:
+        # 3. Every handler has ended: free what leases are left, close Redis.
+        if relay.shared is not None:
+            await relay.shared.stop()
 
     return app
 
@@ -134,7 +168,14 @@ async def serve_client(relay: Relay, request: Request, websocket: Any) -> None:
         return
 
     replace = relay.settings.duplicate_policy is DuplicatePolicy.REPLACE
-    claim = await relay.registry.claim(key, owner, replace=replace)
+    try:
+        claim = await relay.registry.claim(key, owner, replace=replace)
+    except SharedStateUnavailable:
+        # Without Redis the key cannot be leased safely: try again later.
+        await _refuse(
+            websocket, client_log, CloseCode.CHECK_UNAVAILABLE, "redis unavailable"
+        )
+        return
     if not claim.granted:
         await _refuse(websocket, client_log, CloseCode.KEY_IN_USE, "key in use")
         return
@@ -185,6 +226,17 @@ def _close_replaced(hub: Hub, previous_owner: str, client_log: Any) -> None:
         client_log.info("client.replaced", old_peer=previous.peer)
 
 
+def close_displaced(hub: Hub, owner: str) -> None:
+    """Close ``owner``'s connection: its key is now held on another node."""
+    connection = hub.get(owner)
+    if connection is not None:
+        hub.remove(owner)
+        connection.close(CloseCode.KEY_IN_USE)
+        log.info(
+            "client.displaced", key=redact_key(connection.key), peer=connection.peer
+        )
+
+
 async def _refuse(websocket: Any, client_log: Any, code: CloseCode, why: str) -> None:
     client_log.info("client.refused", code=int(code), why=why)
     await websocket.close(int(code), code.reason)
@@ -220,18 +272,29 @@ def _restock_handler(relay: Relay) -> Callable[[Request], Any]:
 
         webhook_log = log.bind(source=verified.source, webhook_id=verified.webhook_id)
         ledger_id = f"{verified.source}:{verified.webhook_id}"
-        if not await relay.ledger.first_sighting(ledger_id):
+        frames = b"".join(text_frame(encode(payload)) for payload in payloads)
+        publication = await relay.fanout.publish(ledger_id, frames, count=len(payloads))
+        report = publication.report
+        delivered = (
+            {}
+            if report is None
+            else {
+                "delivered": report.delivered,
+                "slow_consumers": report.slow_consumers,
+            }
+        )
+        if publication.outcome is Outcome.DUPLICATE:
             webhook_log.info("webhook.duplicate", items=len(payloads))
             return json({"duplicate": True}, status=200)
-
-        frames = b"".join(text_frame(encode(payload)) for payload in payloads)
-        report = relay.hub.broadcast(frames, count=len(payloads))
-        webhook_log.info(
-            "webhook.accepted",
-            items=len(payloads),
-            delivered=report.delivered,
-            slow_consumers=report.slow_consumers,
-        )
+        if publication.outcome is Outcome.LOCAL_ONLY:
+            # Sent to this node's clients only; the retry reaches the others
+            # and is not sent here twice.
+            webhook_log.warning("webhook.local_only", items=len(payloads), **delivered)
+            return json(
+                {"error": "redis unavailable: sent to this node only, retry"},
+                status=503,
+            )
+        webhook_log.info("webhook.accepted", items=len(payloads), **delivered)
 
         return json({"accepted": len(payloads)}, status=202)
 
@@ -247,6 +310,7 @@ def _health_handler(relay: Relay) -> Callable[[Request], Any]:
                 "connections": len(hub),
                 "restocks_sent": hub.restocks_sent,
                 "slow_consumers_closed": hub.slow_consumers_closed,
+                **({} if relay.shared is None else relay.shared.health()),
             }
         )
 

@@ -13,7 +13,8 @@ import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from server.errors import ConfigError
 
@@ -21,6 +22,8 @@ T = TypeVar("T")
 
 SECRET_PREFIX = "whsec_"
 DEFAULT_SECRET_NAME = "default"
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+MAX_WORKERS = 64
 
 
 class DuplicatePolicy(enum.Enum):
@@ -65,6 +68,12 @@ class Settings:
     backlog: int = 4096
     log_level: str = "info"
     log_format: LogFormat = LogFormat.AUTO
+    redis_url: str = field(default="", repr=False)
+    """Empty: keys and restocks live in this process. May hold a password,
+    so it is left out of the repr; log :attr:`redis_location` instead."""
+    redis_prefix: str = "stellar-relay"
+    lease_seconds: float = 30.0
+    workers: int = 1
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -107,12 +116,60 @@ class Settings:
             log_format=reader.choice(
                 "RELAY_LOG_FORMAT", LogFormat, defaults.log_format
             ),
+            **_read_shared_state(reader, defaults),
         )
 
     @property
     def dead_client_window(self) -> float:
         """Longest time a silent, half-open client can keep holding its key."""
         return self.ping_interval + self.ping_timeout
+
+    @property
+    def redis_location(self) -> str:
+        """Where Redis is, safe to log: no user name, no password."""
+        return redact_redis_url(self.redis_url)
+
+
+def redact_redis_url(url: str) -> str:
+    """``scheme://host:port/db`` of a Redis URL, without its credentials."""
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return f"unix://{parts.path}"
+    host = parts.hostname or "localhost"
+    port = f":{parts.port}" if parts.port else ""
+
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def _read_shared_state(reader: _Reader, defaults: Settings) -> dict[str, Any]:
+    """The Redis settings, and the rule that several workers need Redis."""
+    redis_url = reader.raw("RELAY_REDIS_URL")
+    if redis_url and urlsplit(redis_url).scheme not in REDIS_SCHEMES:
+        raise ConfigError(
+            "RELAY_REDIS_URL",
+            f"expected a redis://, rediss:// or unix:// URL, got "
+            f"{redact_redis_url(redis_url)!r}",
+        )
+    workers = reader.integer("RELAY_WORKERS", defaults.workers, low=1, high=MAX_WORKERS)
+    if workers > 1 and not redis_url:
+        raise ConfigError(
+            "RELAY_WORKERS",
+            f"{workers} workers must share keys and restocks: set RELAY_REDIS_URL",
+        )
+    prefix = reader.text("RELAY_REDIS_PREFIX", defaults.redis_prefix)
+    if not all(char.isalnum() or char in "-_.:" for char in prefix):
+        raise ConfigError("RELAY_REDIS_PREFIX", "use letters, digits and - _ . : only")
+
+    return {
+        "redis_url": redis_url,
+        "redis_prefix": prefix,
+        "lease_seconds": reader.number(
+            "RELAY_LEASE_SECONDS", defaults.lease_seconds, low=1.0
+        ),
+        "workers": workers,
+    }
 
 
 def parse_secret(variable: str, text: str) -> bytes:

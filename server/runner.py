@@ -5,22 +5,38 @@ Steps, in order:
 1. configure logging (nothing may print before it, or it escapes the policy);
 2. build the license provider and check it can answer (a keys file that
    does not exist stops start-up here, with one line);
-3. build the app and serve until SIGINT/SIGTERM. Sanic then stops
+3. with ``RELAY_REDIS_URL``, PING Redis once (unreachable stops start-up
+   here, with one line);
+4. build the app and serve until SIGINT/SIGTERM. Sanic then stops
    accepting, closes every websocket with 1001, and runs the app's
-   ``before_server_stop`` hooks, which close the provider.
+   ``before_server_stop`` hooks, which close the provider, then the
+   ``after_server_stop`` ones, which free this node's leases.
+
+With ``RELAY_WORKERS=N`` (N > 1) step 4 is Sanic's worker manager: this
+process binds the listening socket (with ``RELAY_BACKLOG``) and starts N
+worker processes that share it. Each worker reads its settings again from
+the same environment, builds its own app through :func:`worker_app`, and
+connects to Redis from its own event loop: each worker is one node.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
 
 import structlog
+from sanic import Sanic
+from sanic.worker.loader import AppLoader
 
 from licensing import KeysFileProvider, LicenseProvider
 from server.app import Relay, create_app
 from server.config import Settings
 from server.errors import ConfigError
 from server.logs import configure_logging
+from server.shared import RedisNode, check_reachable
 
 log = structlog.get_logger("server")
 
@@ -35,11 +51,31 @@ def build_provider(settings: Settings) -> LicenseProvider:
         ) from None
 
 
-def run(settings: Settings, *, announce_demo: bool = False) -> None:
+def build_relay(settings: Settings, provider: LicenseProvider) -> Relay:
+    """In-memory state, or a Redis node when ``RELAY_REDIS_URL`` is set."""
+    shared = RedisNode(settings) if settings.redis_url else None
+
+    return Relay(settings=settings, licenses=provider, shared=shared)
+
+
+def worker_app(environ: Mapping[str, str]) -> Sanic[Any, Any]:
+    """The app of one worker process, built from the environment again."""
+    settings = Settings.from_env(environ)
+    configure_logging(settings.log_level, settings.log_format)
+
+    return create_app(build_relay(settings, build_provider(settings)))
+
+
+def run(
+    settings: Settings,
+    *,
+    announce_demo: bool = False,
+    environ: Mapping[str, str] | None = None,
+) -> None:
     configure_logging(settings.log_level, settings.log_format)
     provider = build_provider(settings)
-    relay = Relay(settings=settings, licenses=provider)
-    app = create_app(relay)
+    if settings.redis_url:
+        check_reachable(settings.redis_url)
     if announce_demo and isinstance(provider, KeysFileProvider):
         _print_demo_instructions(settings, provider)
     log.info(
@@ -49,16 +85,36 @@ def run(settings: Settings, *, announce_demo: bool = False) -> None:
         provider=provider.name,
         policy=settings.duplicate_policy.value,
         secrets=[secret.name for secret in settings.webhook_secrets],
+        workers=settings.workers,
+        redis=settings.redis_location or None,
     )
-    app.run(
+    if settings.workers > 1:
+        _serve_workers(settings, dict(os.environ if environ is None else environ))
+    else:
+        app = create_app(build_relay(settings, provider))
+        app.run(
+            host=settings.host,
+            port=settings.port,
+            single_process=True,
+            access_log=False,
+            motd=False,
+            backlog=settings.backlog,
+        )
+    log.info("relay.stopped")
+
+
+def _serve_workers(settings: Settings, environ: dict[str, str]) -> None:
+    loader = AppLoader(factory=partial(worker_app, environ))
+    app = loader.load()
+    app.prepare(
         host=settings.host,
         port=settings.port,
-        single_process=True,
+        workers=settings.workers,
         access_log=False,
         motd=False,
         backlog=settings.backlog,
     )
-    log.info("relay.stopped")
+    Sanic.serve(primary=app, app_loader=loader)
 
 
 def _print_demo_instructions(settings: Settings, provider: KeysFileProvider) -> None:
