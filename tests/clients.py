@@ -63,7 +63,9 @@ async def next_restock(client: ClientConnection, timeout: float = TIMEOUT) -> An
     return json.loads(message)
 
 
-async def wait_for_connections(relay: Any, count: int, timeout: float = TIMEOUT) -> None:
+async def wait_for_connections(
+    relay: Any, count: int, timeout: float = TIMEOUT
+) -> None:
     """Until the relay's /healthz reports ``count`` connections."""
     async with asyncio.timeout(timeout):
         while (await asyncio.to_thread(relay.health))["connections"] != count:

@@ -142,7 +142,9 @@ class RelayProcess:
             return dict(json.load(answer))
 
     def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return (
+            self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        )
 
     def log_events(self) -> list[dict[str, Any]]:
         events = []
