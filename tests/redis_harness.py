@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import socket
 import subprocess
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from tests.harness import free_port, require_binary
+from tests.clients import TIMEOUT, close_code, open_client
+from tests.harness import RelayProcess, free_port, new_secret, require_binary
 
 
 class RedisServer:
@@ -146,3 +149,71 @@ class CuttableProxy:
                 await writer.drain()
         writer.transport.abort()
         self._writers.discard(writer)
+
+
+def relay_nodes(
+    workdir: Path,
+    redis_url: str,
+    *,
+    count: int = 2,
+    keys: Iterable[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> list[RelayProcess]:
+    """``count`` relay processes (not started) that share one Redis, one
+    keys file's worth of keys and one webhook secret, as nodes of one relay
+    behind a load balancer would."""
+    secret = new_secret()
+    prefix = f"relay-{secrets.token_hex(4)}"
+    keys = list(keys)
+    nodes = []
+    for index in range(count):
+        node = RelayProcess(
+            workdir / f"node-{index}",
+            keys=keys,
+            env={
+                "RELAY_REDIS_URL": redis_url,
+                "RELAY_REDIS_PREFIX": prefix,
+                "RELAY_WEBHOOK_SECRETS": f"monitor={secret}",
+                **(env or {}),
+            },
+        )
+        node.secret = secret
+        nodes.append(node)
+
+    return nodes
+
+
+async def admitted(relay: RelayProcess, key: str, *, settle: float = 0.3) -> bool:
+    """Connect with ``key``: True if the relay keeps the connection (it is
+    then closed by us), False if it refuses it."""
+    client = await open_client(relay.ws_url(key))
+    try:
+        await close_code(client, timeout=settle)
+    except TimeoutError:
+        await client.close()
+        return True
+
+    return False
+
+
+async def node_counts(
+    relay: RelayProcess,
+    *,
+    nodes: int,
+    total: int | None = None,
+    timeout: float = TIMEOUT,
+) -> dict[str, int]:
+    """Connections per node (worker) behind one port, from ``/healthz``.
+
+    Each request reaches whichever worker accepts it, so this polls until
+    it has heard from ``nodes`` workers (and, with ``total``, until their
+    latest counts add up to it).
+    """
+    seen: dict[str, int] = {}
+    async with asyncio.timeout(timeout):
+        while True:
+            health = await asyncio.to_thread(relay.health)
+            seen[health["node"]] = health["connections"]
+            if len(seen) >= nodes and (total is None or sum(seen.values()) == total):
+                return seen
+            await asyncio.sleep(0.01)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import redis.asyncio
 import structlog
 from redis import Redis as SyncRedis
+from redis.asyncio import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -37,6 +38,9 @@ log = structlog.get_logger("server.shared")
 
 COMMAND_TIMEOUT = 2.0
 """Seconds a Redis command may take before the link counts as lost."""
+MAX_CONNECTIONS = 32
+"""Redis connections per node: one for pub/sub, the rest shared by claims,
+releases, the keeper and webhooks."""
 FIRST_RETRY_DELAY = 0.2
 MAX_RETRY_DELAY = 5.0
 
@@ -83,14 +87,19 @@ class RedisLink:
         node_id: str,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
+        pool = BlockingConnectionPool.from_url(
             url,
+            # A bounded pool: a connect storm waits for a free connection
+            # instead of opening thousands.
+            max_connections=MAX_CONNECTIONS,
+            timeout=COMMAND_TIMEOUT,
             # No retries inside the client: a failed command marks the link
             # down at once, and the node's own loop reconnects with backoff.
             retry=Retry(NoBackoff(), 0),
             socket_timeout=COMMAND_TIMEOUT,
             socket_connect_timeout=COMMAND_TIMEOUT,
         )
+        self.client: redis.asyncio.Redis = redis.asyncio.Redis.from_pool(pool)
         self.location = redact_redis_url(url)
         self.prefix = prefix
         self.node_id = node_id
@@ -171,10 +180,6 @@ class RedisLink:
             webhooks_local_only=self.tally.webhooks_local_only,
             **fields,
         )
-
-    async def reset_connections(self) -> None:
-        """Drop every pooled connection, so the next command dials anew."""
-        await self.client.connection_pool.disconnect()
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -165,8 +165,9 @@ class RedisNode:
             self._recovery = asyncio.create_task(self._recover())
 
     async def _recover(self) -> None:
+        # Pooled connections that died with Redis are found and dialled
+        # again by the pool itself when they are next taken.
         await self._drop_subscription()
-        await self.link.reset_connections()
         for delay in reconnect_delays(self._rng):
             await asyncio.sleep(delay)
             if await self._try_recovering():
