@@ -141,7 +141,10 @@ def create_app(relay: Relay) -> Sanic[Any, Any]:
     @app.before_server_stop
     async def shut_down(app: Sanic[Any, Any]) -> None:
         # 1. Sanic has stopped accepting; tell every client we are going
-        #    away (left to Sanic, they would get a plain 1000).
+        #    away (left to Sanic, they would get a plain 1000). Their leases
+        #    are freed together, at step 3.
+        if relay.shared is not None:
+            relay.shared.stopping()
         for connection in relay.hub.connections():
             connection.say_going_away()
         # 2. Close the provider's HTTP sessions.

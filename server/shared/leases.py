@@ -94,6 +94,7 @@ class RedisKeyRegistry:
         """Releases that could not reach Redis; done on recovery."""
         self._keep = link.client.register_script(_KEEP)
         self._release = link.client.register_script(_RELEASE)
+        self._deferring = False
         self.on_displaced: Callable[[str], None] = lambda owner: None
         """Closes this node's connection ``owner``: its key is held elsewhere."""
 
@@ -136,7 +137,7 @@ class RedisKeyRegistry:
         if self._held.get(name) != value:
             return  # replaced by a newer claim of this node, or never granted
         del self._held[name]
-        if not self._link.up:
+        if self._deferring or not self._link.up:
             self._unreleased[name] = value
             return
         try:
@@ -187,6 +188,11 @@ class RedisKeyRegistry:
             raise
 
         return len(pending)
+
+    def defer_releases(self) -> None:
+        """Shutdown has begun: collect releases for :meth:`release_all`
+        instead of a round trip per closing connection."""
+        self._deferring = True
 
     async def release_all(self) -> None:
         """Shutdown: free every lease this node still holds, if Redis is up."""

@@ -44,8 +44,11 @@ releases, the keeper and webhooks."""
 FIRST_RETRY_DELAY = 0.2
 MAX_RETRY_DELAY = 5.0
 
-FAILURES = (RedisError, OSError)
-"""What a Redis call raises when Redis is not there (or not itself)."""
+FAILURES = (RedisError, OSError, RuntimeError, AttributeError)
+"""What a Redis call raises when Redis is not there. Besides its own errors,
+redis-py (5 to 8) can surface a connection torn down under a cancelled
+command as uvloop's RuntimeError ("handler is closed") or an AttributeError
+on its missing writer; both mean the same: this connection is gone."""
 
 
 class LinkState(enum.Enum):

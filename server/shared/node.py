@@ -101,6 +101,11 @@ class RedisNode:
         self._keeper = asyncio.create_task(self._keep_leases())
         log.info("redis.connected", redis=self.link.location, node=self.node_id)
 
+    def stopping(self) -> None:
+        """Shutdown has begun: connections closing now free their leases in
+        one batch at :meth:`stop`."""
+        self.registry.defer_releases()
+
     async def stop(self) -> None:
         """Free this node's leases and close its connections to Redis."""
         for task in (self._keeper, self._recovery, self._listener):
@@ -185,7 +190,7 @@ class RedisNode:
             await self._drop_subscription()
             return False
         self.link.recovered(
-            leases_kept=len(self.registry),
+            leases_kept=len(self.registry) - displaced,
             clients_displaced=displaced,
             late_releases=released,
         )
