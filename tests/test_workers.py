@@ -15,7 +15,9 @@ from tests.clients import close_code, first_closes, next_restock, open_client
 from tests.harness import RelayProcess, free_port, new_secret
 from tests.redis_harness import RedisServer, node_counts
 
-KEYS = [f"WORKER-{n:04d}-KEY" for n in range(120)]
+KEYS = [f"WORKER-{n:04d}-KEY" for n in range(300)]
+"""Each test uses keys of its own: a lease is freed just after /healthz
+stops counting its connection."""
 RESTOCK = {
     "site": "amazon",
     "sku": "B0WORKERS1",
@@ -38,6 +40,7 @@ def relay(
     with RelayProcess(
         tmp_path_factory.mktemp("workers"), keys=KEYS, env=env
     ) as process:
+        asyncio.run(node_counts(process, nodes=2))  # both workers serve
         yield process
 
 
@@ -70,7 +73,7 @@ async def test_one_key_racing_over_both_workers_lets_exactly_one_through(relay):
 
 
 async def test_webhook_reaches_the_clients_of_both_workers_once(relay):
-    clients = [await open_client(relay.ws_url(key)) for key in KEYS[:40]]
+    clients = [await open_client(relay.ws_url(key)) for key in KEYS[200:240]]
     counts = await node_counts(relay, nodes=2, total=40)
 
     first = relay.post(RESTOCK, webhook_id="msg_workers_1")
@@ -96,7 +99,8 @@ async def test_sigterm_closes_every_workers_clients_with_1001_and_frees_keys(
     env["RELAY_REDIS_PREFIX"] = "sigterm-test"
     relay = RelayProcess(tmp_path, keys=KEYS, env=env).start()
     try:
-        clients = [await open_client(relay.ws_url(key)) for key in KEYS[:30]]
+        await node_counts(relay, nodes=2)  # both workers serve
+        clients = [await open_client(relay.ws_url(key)) for key in KEYS[250:280]]
         counts = await node_counts(relay, nodes=2, total=30)
         await asyncio.to_thread(relay.stop)
         codes = [await close_code(client) for client in clients]

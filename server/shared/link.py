@@ -15,6 +15,7 @@ length and what was refused meanwhile).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import random
 import time
@@ -183,6 +184,10 @@ class RedisLink:
             webhooks_local_only=self.tally.webhooks_local_only,
             **fields,
         )
+
+    async def drop_idle_connections(self) -> None:
+        with contextlib.suppress(*FAILURES):
+            await self.client.connection_pool.disconnect(inuse_connections=False)
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -89,7 +89,11 @@ class RedisNode:
         return self.registry, self.fanout
 
     def health(self) -> dict[str, Any]:
-        return {"node": self.node_id, "redis": self.link.state.value}
+        return {
+            "node": self.node_id,
+            "redis": self.link.state.value,
+            "leases": len(self.registry),
+        }
 
     async def start(self) -> None:
         """Connect and subscribe, or raise :class:`SharedStateUnavailable`."""
@@ -170,11 +174,14 @@ class RedisNode:
             self._recovery = asyncio.create_task(self._recover())
 
     async def _recover(self) -> None:
-        # Pooled connections that died with Redis are found and dialled
-        # again by the pool itself when they are next taken.
         await self._drop_subscription()
         for delay in reconnect_delays(self._rng):
             await asyncio.sleep(delay)
+            # Idle pooled connections may still point at the Redis that went
+            # away, and the pool does not always notice: dial anew. (Ones in
+            # use are left to fail on their own; closing them under a
+            # running command breaks redis-py.)
+            await self.link.drop_idle_connections()
             if await self._try_recovering():
                 return
 
