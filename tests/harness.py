@@ -142,9 +142,9 @@ class RelayProcess:
             return dict(json.load(answer))
 
     def log_text(self) -> str:
-        return (
-            self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        )
+        if not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")
 
     def log_events(self) -> list[dict[str, Any]]:
         events = []
