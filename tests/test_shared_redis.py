@@ -15,7 +15,7 @@ from server.hub import Hub
 from server.shared import LinkState, RedisNode
 from server.shared.restocks import parse_restock_message
 from tests.harness import free_port
-from tests.redis_harness import RedisServer
+from tests.redis_harness import CuttableProxy, RedisServer
 
 _prefixes = itertools.count()
 
@@ -253,3 +253,27 @@ async def test_recovery_takes_back_live_leases_and_skips_restocks_sent_here(
     assert b"node-e/owner" in lease
     assert retried.outcome is Outcome.PUBLISHED
     assert hub.restocks_sent == 1
+
+
+async def test_release_during_an_outage_is_finished_on_recovery(redis_server):
+    """Cut off (Redis keeps its data): a release that could not be sent is
+    sent on recovery, so the key is not held until its lease runs out."""
+    proxy = await CuttableProxy(redis_server.port).start()
+    settings = Settings(redis_url=proxy.url, redis_prefix=f"t{next(_prefixes)}")
+    node, _ = await started_node(settings, "node-f")
+    try:
+        await node.registry.claim("KEY-10", "owner", replace=False)
+        name = node.registry.lease_name("KEY-10")
+        proxy.sever()
+        await until(lambda: node.link.state is not LinkState.UP)
+        await node.registry.release("KEY-10", "owner")
+        held_while_cut = redis_server.command("EXISTS", name)
+        proxy.mend()
+        await until(lambda: node.link.up, timeout=15)
+        held_after = redis_server.command("EXISTS", name)
+    finally:
+        await node.stop()
+        await proxy.close()
+
+    assert held_while_cut == b":1\r\n"
+    assert held_after == b":0\r\n"

@@ -94,9 +94,11 @@ class RedisLink:
         pool = BlockingConnectionPool.from_url(
             url,
             # A bounded pool: a connect storm waits for a free connection
-            # instead of opening thousands.
+            # instead of opening thousands. The wait has no limit of its
+            # own (a busy pool is no outage); every command holding a
+            # connection is bounded by the socket timeout.
             max_connections=MAX_CONNECTIONS,
-            timeout=COMMAND_TIMEOUT,
+            timeout=None,
             # No retries inside the client: a failed command marks the link
             # down at once, and the node's own loop reconnects with backoff.
             retry=Retry(NoBackoff(), 0),
