@@ -29,7 +29,9 @@ from typing import Any
 
 import structlog
 from sanic import Sanic
+from sanic.mixins import startup as sanic_startup
 from sanic.worker.loader import AppLoader
+from sanic.worker.manager import WorkerManager
 
 from licensing import KeysFileProvider, LicenseProvider
 from server.app import Relay, create_app
@@ -103,7 +105,38 @@ def run(
     log.info("relay.stopped")
 
 
+class _StartUpSafeWorkerManager(WorkerManager):
+    """Sanic's worker manager, holding back a stop signal until every worker
+    has acknowledged its start.
+
+    In Sanic 25.12, SIGTERM or SIGINT arriving before all workers have
+    acknowledged makes ``WorkerManager.wait_for_ack`` read its own shutdown
+    message and send it back to itself, forever: the relay spins and never
+    exits (sanic-org/sanic#2997; fix proposed in sanic-org/sanic#3063). Here
+    it hung from 1 in 8 to several in 12 stops sent just after start-up. This
+    class can go once a Sanic release within our pin ships that fix.
+    """
+
+    _starting = True
+    _held_signal: tuple[int, Any] | None = None
+
+    def wait_for_ack(self) -> None:
+        try:
+            super().wait_for_ack()  # type: ignore[no-untyped-call]
+        finally:
+            self._starting = False
+        if self._held_signal is not None:
+            super().shutdown_signal(*self._held_signal)  # type: ignore[no-untyped-call]
+
+    def shutdown_signal(self, signal: int, frame: Any) -> None:
+        if self._starting:
+            self._held_signal = (signal, frame)
+            return
+        super().shutdown_signal(signal, frame)  # type: ignore[no-untyped-call]
+
+
 def _serve_workers(settings: Settings, environ: dict[str, str]) -> None:
+    sanic_startup.WorkerManager = _StartUpSafeWorkerManager  # type: ignore[attr-defined]
     loader = AppLoader(factory=partial(worker_app, environ))
     app = loader.load()
     app.prepare(

@@ -14,7 +14,6 @@ from server.fanout import Outcome
 from server.hub import Hub
 from server.shared import LinkState, RedisNode
 from server.shared.restocks import parse_restock_message
-from tests.harness import free_port
 from tests.redis_harness import CuttableProxy, RedisServer
 
 _prefixes = itertools.count()
@@ -195,16 +194,26 @@ async def test_channel_message_carries_id_count_and_frames(node_settings, redis_
     )
 
 
-async def test_unreachable_redis_refuses_to_start():
-    """start() raises; nothing half-started is left behind."""
-    node = RedisNode(Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
-    node.attach(Hub(client_buffer=1 << 20), Displaced())
+async def test_node_that_cannot_reach_redis_at_start_serves_as_in_an_outage(
+    tmp_path,
+):
+    """Redis gone between the start-up check and a worker's start: the
+    worker starts DOWN, refuses claims, and recovers when Redis appears."""
+    server = RedisServer(tmp_path / "redis")
+    node, _ = await started_node(Settings(redis_url=server.url), "node-g")
+    try:
+        state_at_start = node.link.state
+        with pytest.raises(SharedStateUnavailable):
+            await node.registry.claim("KEY-11", "owner", replace=False)
+        server.start()
+        await until(lambda: node.link.up, timeout=15)
+        claim = await node.registry.claim("KEY-11", "owner", replace=False)
+    finally:
+        await node.stop()
+        server.stop()
 
-    with pytest.raises(SharedStateUnavailable):
-        await node.start()
-    await node.stop()
-
-    assert node.link.state is LinkState.DOWN
+    assert state_at_start is LinkState.DOWN
+    assert claim.granted
 
 
 async def test_outage_refuses_claims_and_sends_webhooks_here_only(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -112,6 +113,22 @@ async def test_sigterm_closes_every_workers_clients_with_1001_and_frees_keys(
     assert all(count > 0 for count in counts.values()), counts
     assert codes == [1001] * 30
     assert leases == b"*0\r\n", "every worker freed its leases on the way out"
+
+
+def test_sigterm_right_after_start_up_stops_the_relay(redis_server, tmp_path):
+    """A stop signal while a worker is still starting ends the relay, cleanly
+    (Sanic alone would spin forever: sanic-org/sanic#2997)."""
+    env = {"RELAY_REDIS_URL": redis_server.url, "RELAY_WORKERS": "2"}
+    codes = []
+    for attempt in range(3):
+        relay = RelayProcess(tmp_path / str(attempt), keys=KEYS, env=env).start()
+        relay.process.send_signal(signal.SIGTERM)
+        try:
+            codes.append(relay.process.wait(timeout=10))
+        finally:
+            relay.stop(signal.SIGKILL)
+
+    assert codes == [0, 0, 0]
 
 
 def serve(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:

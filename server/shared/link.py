@@ -151,8 +151,16 @@ class RedisLink:
             return
         was_up = self.up
         self.state = LinkState.DOWN
-        if not was_up:
-            return  # a failed recovery: the outage goes on, already logged
+        if was_up:  # else a failed recovery: the outage goes on, logged
+            self._begin_outage(error)
+
+    def started_down(self, error: BaseException) -> None:
+        """Redis went away between the start-up check and this worker's
+        start: serve as in an outage, and recover."""
+        self.state = LinkState.DOWN
+        self._begin_outage(error)
+
+    def _begin_outage(self, error: BaseException) -> None:
         self._down_since = self._clock()
         self.tally = OutageTally()
         log.warning(

@@ -96,14 +96,21 @@ class RedisNode:
         }
 
     async def start(self) -> None:
-        """Connect and subscribe, or raise :class:`SharedStateUnavailable`."""
+        """Connect and subscribe; if Redis does not answer, start as in an
+        outage (the main process checked it a moment ago: a Redis that
+        was never there stopped start-up then)."""
         self.link.recovering()
-        with self.link.guard(recovering=True) as client:
-            await client.ping()
-        await self._subscribe()
-        self.link.recovered(first_start=True)
+        try:
+            with self.link.guard(recovering=True) as client:
+                await client.ping()
+            await self._subscribe()
+        except SharedStateUnavailable as exc:
+            await self._drop_subscription()
+            self.link.started_down(exc.__cause__ or exc)
+        else:
+            self.link.recovered(first_start=True)
+            log.info("redis.connected", redis=self.link.location, node=self.node_id)
         self._keeper = asyncio.create_task(self._keep_leases())
-        log.info("redis.connected", redis=self.link.location, node=self.node_id)
 
     def stopping(self) -> None:
         """Shutdown has begun: connections closing now free their leases in
