@@ -30,7 +30,7 @@ from server.errors import (
     SharedStateUnavailable,
     WebhookError,
 )
-from server.fanout import Fanout, LocalFanout, Outcome
+from server.fanout import Fanout, LocalFanout, Outcome, Publication
 from server.hub import Connection, Hub, text_frame
 from server.registry import InMemoryKeyRegistry, KeyRegistry
 from server.replay import InMemoryWebhookLedger, WebhookLedger
@@ -45,6 +45,7 @@ log = structlog.get_logger("server")
 APP_NAME = "stellar_relay"
 WEBHOOK_PATH = "/webhooks/restock"
 MAX_WEBHOOK_BODY = 64 * 1024
+LOCAL_ONLY_ERROR = "redis unavailable: sent to this node only, retry"
 
 REFUSAL_FOR_STATUS = {
     LicenseStatus.INACTIVE: CloseCode.LICENSE_INACTIVE,
@@ -277,31 +278,29 @@ def _restock_handler(relay: Relay) -> Callable[[Request], Any]:
         ledger_id = f"{verified.source}:{verified.webhook_id}"
         frames = b"".join(text_frame(encode(payload)) for payload in payloads)
         publication = await relay.fanout.publish(ledger_id, frames, count=len(payloads))
-        report = publication.report
-        delivered = (
-            {}
-            if report is None
-            else {
-                "delivered": report.delivered,
-                "slow_consumers": report.slow_consumers,
-            }
-        )
-        if publication.outcome is Outcome.DUPLICATE:
-            webhook_log.info("webhook.duplicate", items=len(payloads))
-            return json({"duplicate": True}, status=200)
-        if publication.outcome is Outcome.LOCAL_ONLY:
-            # Sent to this node's clients only; the retry reaches the others
-            # and is not sent here twice.
-            webhook_log.warning("webhook.local_only", items=len(payloads), **delivered)
-            return json(
-                {"error": "redis unavailable: sent to this node only, retry"},
-                status=503,
-            )
-        webhook_log.info("webhook.accepted", items=len(payloads), **delivered)
 
-        return json({"accepted": len(payloads)}, status=202)
+        return _answer(publication, len(payloads), webhook_log)
 
     return restock
+
+
+def _answer(publication: Publication, items: int, webhook_log: Any) -> HTTPResponse:
+    """A published (or not) webhook's answer, and its one log line."""
+    report = publication.report
+    fields: dict[str, int] = {"items": items}
+    if report is not None:
+        fields.update(delivered=report.delivered, slow_consumers=report.slow_consumers)
+    if publication.outcome is Outcome.DUPLICATE:
+        webhook_log.info("webhook.duplicate", **fields)
+        return json({"duplicate": True}, status=200)
+    if publication.outcome is Outcome.LOCAL_ONLY:
+        # Sent to this node's clients only: the monitor's retry reaches the
+        # other nodes, and is not sent here twice.
+        webhook_log.warning("webhook.local_only", **fields)
+        return json({"error": LOCAL_ONLY_ERROR}, status=503)
+    webhook_log.info("webhook.accepted", **fields)
+
+    return json({"accepted": items}, status=202)
 
 
 def _health_handler(relay: Relay) -> Callable[[Request], Any]:

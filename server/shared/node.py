@@ -74,6 +74,7 @@ class RedisNode:
         self._listener: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
         self._recovery: asyncio.Task[None] | None = None
+        self._stopped = False
         self.link.when_lost(self._start_recovery)
 
     def __repr__(self) -> str:
@@ -119,6 +120,7 @@ class RedisNode:
 
     async def stop(self) -> None:
         """Free this node's leases and close its connections to Redis."""
+        self._stopped = True
         for task in (self._keeper, self._recovery, self._listener):
             if task is not None:
                 task.cancel()
@@ -175,6 +177,8 @@ class RedisNode:
                 continue  # the link is down; the recovery has started
 
     def _start_recovery(self) -> None:
+        if self._stopped:
+            return
         if self._listener is not None:
             self._listener.cancel()
         if self._recovery is None or self._recovery.done():
