@@ -30,7 +30,7 @@ from server.shared.link import RedisLink
 log = structlog.get_logger("server.shared")
 
 KEEP_BATCH = 1000
-"""Leases per scripted round trip of the keeper."""
+"""Leases per scripted round trip of the keeper (and of batched releases)."""
 
 _KEEP = """
 -- Extend every lease that is still ours; with ARGV[2] = '1', also take back
@@ -179,10 +179,7 @@ class RedisKeyRegistry:
         if not pending:
             return 0
         try:
-            with self._link.guard(recovering=True) as client:
-                await self._release(
-                    keys=list(pending), args=list(pending.values()), client=client
-                )
+            await self._release_many(pending, recovering=True)
         except SharedStateUnavailable:
             self._unreleased.update(pending)
             raise
@@ -202,12 +199,21 @@ class RedisKeyRegistry:
         if not pending or not self._link.up:
             return
         try:
-            with self._link.guard() as client:
-                await self._release(
-                    keys=list(pending), args=list(pending.values()), client=client
-                )
+            await self._release_many(pending)
         except SharedStateUnavailable:
+            # They run out within the lease time.
             log.warning("leases.not_released", leases=len(pending))
+
+    async def _release_many(
+        self, leases: dict[str, str], *, recovering: bool = False
+    ) -> None:
+        for batch in _batches(list(leases.items()), KEEP_BATCH):
+            with self._link.guard(recovering=recovering) as client:
+                await self._release(
+                    keys=[name for name, _ in batch],
+                    args=[value for _, value in batch],
+                    client=client,
+                )
 
     async def _tell_displaced(self, node_id: str, owner: str) -> None:
         try:
