@@ -111,6 +111,14 @@ async def test_webhook_to_a_reaches_clients_on_a_and_b_and_retry_to_b_is_duplica
     assert all(restock["sku"] == "B0NODES001" for restock in received)
     assert retry == (200, {"duplicate": True})
     assert following == ["B0NODES002"] * 6, "the retry was sent to nobody"
+    for node in (a, b):
+        sent = [
+            event["delivered"]
+            for event in node.log_events()
+            if event["event"] == "restock.sent"
+            and event["webhook_id"] == "monitor:msg_nodes_1"
+        ]
+        assert sent == [3], "each node logs what it sent, once"
 
 
 async def test_replace_on_b_closes_the_socket_on_a(redis_server, tmp_path):

@@ -17,6 +17,7 @@ On the channel a message is ``<count> <webhook id>\\n<frames>``.
 
 from __future__ import annotations
 
+import structlog
 from cachetools import TTLCache
 
 from server.errors import SharedStateUnavailable
@@ -24,6 +25,8 @@ from server.fanout import Outcome, Publication
 from server.hub import Hub
 from server.replay import MAX_REMEMBERED, REMEMBER_SECONDS
 from server.shared.link import RedisLink
+
+log = structlog.get_logger("server.shared")
 
 _PUBLISH_ONCE = """
 -- KEYS[1]: the webhook id's ledger entry; ARGV: ttl, channel, message.
@@ -86,8 +89,18 @@ class RedisFanout:
         webhook_id, frames, count = parse_restock_message(message)
         if webhook_id in self._sent_here_only:
             self.skipped += 1
+            log.info("restock.skipped", webhook_id=webhook_id, why="sent here already")
             return
-        self._hub.broadcast(frames, count=count)
+        report = self._hub.broadcast(frames, count=count)
+        # The accepting node's webhook line cannot know what each node sent:
+        # every node says it here, once per restock.
+        log.info(
+            "restock.sent",
+            webhook_id=webhook_id,
+            items=count,
+            delivered=report.delivered,
+            slow_consumers=report.slow_consumers,
+        )
 
     def _send_here_only(
         self, webhook_id: str, frames: bytes, *, count: int
