@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sanic import Request, Sanic
@@ -31,7 +31,13 @@ from licensing import LicenseProvider, LicenseStatus, is_well_formed_key, redact
 from licensing.cache import fresh_lookup
 from server.closecodes import CloseCode
 from server.config import DuplicatePolicy, Settings
-from server.errors import NotJSONError, PayloadError, WebhookError
+from server.errors import (
+    NotJSONError,
+    PayloadError,
+    SharedStateUnavailable,
+    WebhookError,
+)
+from server.fanout import Fanout, LocalFanout, Outcome, Publication
 from server.hub import Connection, Hub, text_frame
 from server.recheck import run_rechecks
 from server.registry import InMemoryKeyRegistry, KeyRegistry
@@ -40,11 +46,15 @@ from server.signing import verify
 from server.stellar import encode, normalise_body, parse_json
 from server.websocket import Heartbeat, ListeningWebsocket
 
+if TYPE_CHECKING:
+    from server.shared import RedisNode
+
 log = structlog.get_logger("server")
 
 APP_NAME = "stellar_relay"
 WEBHOOK_PATH = "/webhooks/restock"
 MAX_WEBHOOK_BODY = 64 * 1024
+LOCAL_ONLY_ERROR = "redis unavailable: sent to this node only, retry"
 
 REFUSAL_FOR_STATUS = {
     LicenseStatus.INACTIVE: CloseCode.LICENSE_INACTIVE,
@@ -55,17 +65,31 @@ REFUSAL_FOR_STATUS = {
 
 @dataclass
 class Relay:
-    """Everything the handlers share, built once per process."""
+    """Everything the handlers share, built once per process.
+
+    With ``shared`` (a Redis node), the key registry and the fan-out are
+    the node's, shared with every other worker and node; ``ledger`` is then
+    unused: the node records webhook ids in Redis as it publishes.
+    """
 
     settings: Settings
     licenses: LicenseProvider
     registry: KeyRegistry = field(default_factory=InMemoryKeyRegistry)
     ledger: WebhookLedger = field(default_factory=InMemoryWebhookLedger)
     wall_clock: Callable[[], float] = time.time
+    shared: RedisNode | None = None
     hub: Hub = field(init=False)
+    fanout: Fanout = field(init=False)
 
     def __post_init__(self) -> None:
         self.hub = Hub(client_buffer=self.settings.client_buffer)
+        if self.shared is None:
+            self.fanout = LocalFanout(self.hub, self.ledger)
+        else:
+            hub = self.hub
+            self.registry, self.fanout = self.shared.attach(
+                hub, lambda owner: close_displaced(hub, owner)
+            )
 
 
 class RelayErrorHandler(ErrorHandler):
@@ -136,6 +160,11 @@ def create_app(relay: Relay) -> Sanic[Any, Any]:
     app.add_route(_health_handler(relay), "/healthz", methods=["GET"], name="healthz")
     app.exception(WebhookError)(_webhook_error)
 
+    @app.before_server_start
+    async def connect_shared_state(app: Sanic[Any, Any]) -> None:
+        if relay.shared is not None:
+            await relay.shared.start()
+
     @app.after_server_start
     async def start_heartbeat(app: Sanic[Any, Any]) -> None:
         app.add_task(heartbeat.run(), name="heartbeat")
@@ -152,13 +181,22 @@ def create_app(relay: Relay) -> Sanic[Any, Any]:
     @app.before_server_stop
     async def shut_down(app: Sanic[Any, Any]) -> None:
         # 1. Sanic has stopped accepting; tell every client we are going
-        #    away (left to Sanic, they would get a plain 1000).
+        #    away (left to Sanic, they would get a plain 1000). Their leases
+        #    are freed together, at step 3.
+        if relay.shared is not None:
+            relay.shared.stopping()
         for connection in relay.hub.connections():
             connection.say_going_away()
         # 2. Stop re-checking, then close the provider's HTTP sessions.
         app.ctx.rechecks.cancel()
         await relay.licenses.close()
         log.info("relay.stopping", clients_closed=len(relay.hub))
+
+    @app.after_server_stop
+    async def disconnect_shared_state(app: Sanic[Any, Any]) -> None:
+        # 3. Every handler has ended: free what leases are left, close Redis.
+        if relay.shared is not None:
+            await relay.shared.stop()
 
     return app
 
@@ -181,7 +219,14 @@ async def serve_client(
         return
 
     replace = relay.settings.duplicate_policy is DuplicatePolicy.REPLACE
-    claim = await relay.registry.claim(key, owner, replace=replace)
+    try:
+        claim = await relay.registry.claim(key, owner, replace=replace)
+    except SharedStateUnavailable:
+        # Without Redis the key cannot be leased safely: try again later.
+        await _refuse(
+            websocket, client_log, CloseCode.CHECK_UNAVAILABLE, "redis unavailable"
+        )
+        return
     if not claim.granted:
         await _refuse(websocket, client_log, CloseCode.KEY_IN_USE, "key in use")
         return
@@ -238,6 +283,15 @@ def _close_replaced(hub: Hub, previous_owner: str, client_log: Any) -> None:
         client_log.info("client.replaced")
 
 
+def close_displaced(hub: Hub, owner: str) -> None:
+    """Close ``owner``'s connection: its key is now held on another node."""
+    connection = hub.get(owner)
+    if hub.evict(owner, CloseCode.KEY_IN_USE) and connection is not None:
+        log.info(
+            "client.displaced", key=redact_key(connection.key), peer=connection.peer
+        )
+
+
 async def _refuse(
     websocket: ListeningWebsocket, client_log: Any, code: CloseCode, why: str
 ) -> None:
@@ -269,23 +323,35 @@ def _restock_handler(relay: Relay) -> Callable[[Request], Any]:
             peer=client_address(request),
         )
         ledger_id = f"{verified.source}:{verified.webhook_id}"
-        if not await relay.ledger.first_sighting(ledger_id):
-            webhook_log.info("webhook.duplicate", items=len(payloads))
-            return json({"duplicate": True}, status=200)
-
         frames = b"".join(text_frame(encode(payload)) for payload in payloads)
-        report = relay.hub.broadcast(frames, count=len(payloads))
-        webhook_log.info(
-            "webhook.accepted",
-            items=len(payloads),
+        publication = await relay.fanout.publish(ledger_id, frames, count=len(payloads))
+
+        return _answer(publication, len(payloads), webhook_log)
+
+    return restock
+
+
+def _answer(publication: Publication, items: int, webhook_log: Any) -> HTTPResponse:
+    """A published (or not) webhook's answer, and its one log line."""
+    report = publication.report
+    fields: dict[str, float] = {"items": items}
+    if report is not None:
+        fields.update(
             delivered=report.delivered,
             slow_consumers=report.slow_consumers,
             fanout_ms=round(report.seconds * 1000, 2),
         )
+    if publication.outcome is Outcome.DUPLICATE:
+        webhook_log.info("webhook.duplicate", **fields)
+        return json({"duplicate": True}, status=200)
+    if publication.outcome is Outcome.LOCAL_ONLY:
+        # Sent to this node's clients only: the monitor's retry reaches the
+        # other nodes, and is not sent here twice.
+        webhook_log.warning("webhook.local_only", **fields)
+        return json({"error": LOCAL_ONLY_ERROR}, status=503)
+    webhook_log.info("webhook.accepted", **fields)
 
-        return json({"accepted": len(payloads)}, status=202)
-
-    return restock
+    return json({"accepted": items}, status=202)
 
 
 def _health_handler(relay: Relay) -> Callable[[Request], Any]:
@@ -297,6 +363,7 @@ def _health_handler(relay: Relay) -> Callable[[Request], Any]:
                 "connections": len(hub),
                 "restocks_sent": hub.restocks_sent,
                 "slow_consumers_closed": hub.slow_consumers_closed,
+                **({} if relay.shared is None else relay.shared.health()),
             }
         )
 

@@ -92,7 +92,7 @@ def _serve(args: argparse.Namespace) -> int:
         settings = Settings.from_env(environ)
         from server.runner import run
 
-        run(settings, announce_demo=args.demo)
+        run(settings, announce_demo=args.demo, environ=environ)
     except ConfigError as exc:
         print(f"stellar-relay: {exc}", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from server.errors import ConfigError
@@ -24,6 +24,8 @@ T = TypeVar("T")
 SECRET_PREFIX = "whsec_"
 DEFAULT_SECRET_NAME = "default"
 HEADER_NAME = re.compile(r"[A-Za-z0-9-]+")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+MAX_WORKERS = 64
 
 
 class DuplicatePolicy(enum.Enum):
@@ -185,6 +187,12 @@ class Settings:
     """Reverse proxies in front of the relay; 0 trusts no forwarding header."""
     forwarded_for_header: str = "X-Forwarded-For"
     licensing: LicensingSettings = LicensingSettings()
+    redis_url: str = field(default="", repr=False)
+    """Empty: keys and restocks live in this process. May hold a password,
+    so it is left out of the repr; log :attr:`redis_location` instead."""
+    redis_prefix: str = "stellar-relay"
+    lease_seconds: float = 30.0
+    workers: int = 1
 
     @classmethod
     def from_env(
@@ -241,6 +249,7 @@ class Settings:
                 "RELAY_FORWARDED_FOR_HEADER", defaults.forwarded_for_header
             ),
             licensing=LicensingSettings.from_env(environ),
+            **_read_shared_state(reader, defaults),
         )
 
     @property
@@ -251,6 +260,53 @@ class Settings:
         sent nothing (not even the pong) since the last one.
         """
         return 2 * self.ping_interval
+
+    @property
+    def redis_location(self) -> str:
+        """Where Redis is, safe to log: no user name, no password."""
+        return redact_redis_url(self.redis_url)
+
+
+def redact_redis_url(url: str) -> str:
+    """``scheme://host:port/db`` of a Redis URL, without its credentials."""
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return f"unix://{parts.path}"
+    host = parts.hostname or "localhost"
+    port = f":{parts.port}" if parts.port else ""
+
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def _read_shared_state(reader: _Reader, defaults: Settings) -> dict[str, Any]:
+    """The Redis settings, and the rule that several workers need Redis."""
+    redis_url = reader.raw("RELAY_REDIS_URL")
+    if redis_url and urlsplit(redis_url).scheme not in REDIS_SCHEMES:
+        raise ConfigError(
+            "RELAY_REDIS_URL",
+            f"expected a redis://, rediss:// or unix:// URL, got "
+            f"{redact_redis_url(redis_url)!r}",
+        )
+    workers = reader.integer("RELAY_WORKERS", defaults.workers, low=1, high=MAX_WORKERS)
+    if workers > 1 and not redis_url:
+        raise ConfigError(
+            "RELAY_WORKERS",
+            f"{workers} workers must share keys and restocks: set RELAY_REDIS_URL",
+        )
+    prefix = reader.text("RELAY_REDIS_PREFIX", defaults.redis_prefix)
+    if not all(char.isalnum() or char in "-_.:" for char in prefix):
+        raise ConfigError("RELAY_REDIS_PREFIX", "use letters, digits and - _ . : only")
+
+    return {
+        "redis_url": redis_url,
+        "redis_prefix": prefix,
+        "lease_seconds": reader.number(
+            "RELAY_LEASE_SECONDS", defaults.lease_seconds, low=1.0
+        ),
+        "workers": workers,
+    }
 
 
 def parse_secret(variable: str, text: str) -> bytes:

@@ -2,6 +2,7 @@
 
 RelayError
 ├── ConfigError      a RELAY_* variable is missing or has a bad value
+├── SharedStateUnavailable  Redis cannot be reached right now
 └── WebhookError     a webhook request is refused (carries its HTTP status)
     ├── SignatureError    401: missing, malformed or non-matching signature
     ├── NotJSONError      415: the body is not JSON
@@ -26,6 +27,11 @@ class ConfigError(RelayError):
     def __init__(self, variable: str, problem: str) -> None:
         super().__init__(f"{variable}: {problem}")
         self.variable = variable
+
+
+class SharedStateUnavailable(RelayError):
+    """Redis, where workers and nodes share keys and restocks, is out of
+    reach; what needs it is refused until the link is back."""
 
 
 class WebhookError(RelayError):

@@ -176,7 +176,10 @@ class RelayWebSocketProtocol(WebSocketProtocol):
         self, request: Any, subprotocols: Iterable[str] | None = None
     ) -> ListeningWebsocket:
         await self.send(handshake_response(request.headers))  # type: ignore[no-untyped-call]
-        client_socket = self.transport.get_extra_info("socket")
+        transport = self.transport
+        client_socket = (
+            None if transport is None else transport.get_extra_info("socket")
+        )
         if client_socket is not None:
             client_socket.setsockopt(
                 socket.SOL_SOCKET, socket.SO_SNDBUF, KERNEL_SEND_BUFFER
