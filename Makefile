@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-## bench: fan-out and ingest numbers (see bench/README.md)
+## bench: fan-out, connect, memory and ingest numbers (README, "Performance")
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 

@@ -40,6 +40,7 @@ from typing import Any
 
 from server.cli import signed_headers
 from tests.harness import RelayProcess, secret_key
+from tests.redis_harness import RedisServer
 
 RESULTS = Path(__file__).parent / "results"
 STALLED_SHARE = 0.10
@@ -170,36 +171,73 @@ def relay_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def fanout_ms(relay: RelayProcess) -> list[float]:
-    """The relay's own time in the broadcast loop, per accepted webhook."""
-    return [
-        float(event["fanout_ms"])
-        for event in relay.log_events()
-        if event.get("event") == "webhook.accepted"
-    ]
+    """The relay's own time in its broadcast loop, per accepted webhook.
+
+    With workers every worker logs its own ``restock.sent`` line; the
+    slowest worker of each webhook counts.
+    """
+    per_webhook: dict[str, float] = {}
+    for event in relay.log_events():
+        if (
+            event.get("event") in ("webhook.accepted", "restock.sent")
+            and "fanout_ms" in event
+        ):
+            webhook = str(event.get("webhook_id"))
+            per_webhook[webhook] = max(
+                per_webhook.get(webhook, 0.0), float(event["fanout_ms"])
+            )
+    return list(per_webhook.values())
 
 
-def fan_out_run(clients: int, restocks: int, workdir: Path) -> RunResult:
+def fan_out_run(
+    clients: int, restocks: int, workdir: Path, *, workers: int = 1
+) -> RunResult:
+    """One relay, ``clients`` connections, ``restocks`` measured restocks.
+
+    With ``workers`` > 1 the relay runs that many Sanic workers sharing state
+    through a redis-server of its own, and RSS is summed over its processes.
+    """
     keys = [f"BENCH-{n:06d}" for n in range(clients)]
-    with RelayProcess(workdir, keys=keys, env=relay_env()) as relay:
+    with contextlib.ExitStack() as stack:
+        env = relay_env()
+        if workers > 1:
+            redis = stack.enter_context(RedisServer(workdir / "redis"))
+            env.update(RELAY_REDIS_URL=redis.url, RELAY_WORKERS=str(workers))
+        relay = stack.enter_context(RelayProcess(workdir, keys=keys, env=env))
         assert relay.process is not None
         load = LoadClient()
-        try:
-            before = rss_bytes(relay.process.pid)
-            connected = load.ask(
-                cmd="connect", url=f"ws://127.0.0.1:{relay.port}/ws", keys=keys
-            )
-            _wait_for(relay, clients)
-            time.sleep(0.5)
-            after = rss_bytes(relay.process.pid)
-            result = RunResult(
-                clients, connected["seconds"], (after - before) / clients
-            )
-            measure_restocks(relay, load, restocks, result)
-            result.fanout_ms = fanout_ms(relay)
-            result.drain_ms = client_drain(relay, load, restocks + 1) * 1e3
-        finally:
-            load.close()
+        stack.callback(load.close)
+        _wait_for(relay, 0, workers=workers)
+        before = tree_rss_bytes(relay.process.pid)
+        connected = load.ask(
+            cmd="connect", url=f"ws://127.0.0.1:{relay.port}/ws", keys=keys
+        )
+        _wait_for(relay, clients, workers=workers)
+        time.sleep(0.5)
+        after = tree_rss_bytes(relay.process.pid)
+        result = RunResult(clients, connected["seconds"], (after - before) / clients)
+        measure_restocks(relay, load, restocks, result)
+        result.fanout_ms = fanout_ms(relay)
+        result.drain_ms = client_drain(relay, load, restocks + 1) * 1e3
     return result
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """RSS of ``pid`` and every process below it (Sanic's workers)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        with contextlib.suppress(OSError):
+            total += rss_bytes(current)
+        todo.extend(children.get(current, []))
+    return total
 
 
 def client_drain(relay: RelayProcess, load: LoadClient, expect: int) -> float:
@@ -315,14 +353,20 @@ async def _ingest(
     return done / (time.monotonic() - started)
 
 
-def _wait_for(relay: RelayProcess, count: int, timeout: float = 60.0) -> None:
+def _wait_for(
+    relay: RelayProcess, count: int, *, workers: int = 1, timeout: float = 60.0
+) -> None:
+    """Until the relay (every worker of it, summed) holds ``count`` clients."""
     deadline = time.monotonic() + timeout
-    while relay.health()["connections"] != count:
+    latest: dict[str, int] = {}
+    while True:
+        health = relay.health()
+        latest[str(health.get("node", "single"))] = health["connections"]
+        if len(latest) >= workers and sum(latest.values()) == count:
+            return
         if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"only {relay.health()['connections']} of {count} connected"
-            )
-        time.sleep(0.1)
+            raise RuntimeError(f"{latest} connected, waiting for {count}")
+        time.sleep(0.05)
 
 
 def client_cost(frames: int = 200_000) -> float:
@@ -352,6 +396,25 @@ def med(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def summarise(clients: int, workers: int, runs: list[RunResult]) -> dict[str, Any]:
+    """Medians over runs (each run's own value is its median over restocks)."""
+    connect = med([r.connect_seconds for r in runs])
+    return {
+        "clients": clients,
+        "workers": workers,
+        "connect_seconds": connect,
+        "handshakes_per_second": clients / connect,
+        "p50_ms": med([med(r.p50) for r in runs]) * 1e3,
+        "p99_ms": med([med(r.p99) for r in runs]) * 1e3,
+        "last_ms": med([med(r.last) for r in runs]) * 1e3,
+        "rss_per_connection_kb": med([r.rss_per_connection for r in runs]) / 1024,
+        "relay_fanout_ms": med([med(r.fanout_ms) for r in runs]),
+        "client_drain_ms": med([r.drain_ms for r in runs]),
+        "missing_frames": sum(r.missing for r in runs),
+        "runs": [vars(r) for r in runs],
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--clients", default="1000,5000,10000")
@@ -359,30 +422,30 @@ def main() -> int:
     parser.add_argument("--restocks", type=int, default=20)
     parser.add_argument("--no-stall", action="store_true")
     parser.add_argument("--no-ingest", action="store_true")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="workers for the Redis rows; 1: none"
+    )
+    parser.add_argument("--workers-clients", default="10000")
     args = parser.parse_args()
     counts = [int(n) for n in args.clients.split(",")]
     RESULTS.mkdir(exist_ok=True)
     workroot = Path(tempfile.mkdtemp(prefix="relay-bench-"))
 
+    shapes = [(clients, 1) for clients in counts]
+    if args.workers > 1:
+        shapes += [(int(n), args.workers) for n in args.workers_clients.split(",")]
     rows = []
-    for clients in counts:
+    for clients, workers in shapes:
         runs = [
-            fan_out_run(clients, args.restocks, workroot / f"fan-{clients}-{run}")
+            fan_out_run(
+                clients,
+                args.restocks,
+                workroot / f"fan-{clients}-w{workers}-{run}",
+                workers=workers,
+            )
             for run in range(args.runs)
         ]
-        row = {
-            "clients": clients,
-            "connect_seconds": med([r.connect_seconds for r in runs]),
-            "p50_ms": med([med(r.p50) for r in runs]) * 1e3,
-            "p99_ms": med([med(r.p99) for r in runs]) * 1e3,
-            "last_ms": med([med(r.last) for r in runs]) * 1e3,
-            "rss_per_connection_kb": med([r.rss_per_connection for r in runs]) / 1024,
-            "relay_fanout_ms": med([med(r.fanout_ms) for r in runs]),
-            "client_drain_ms": med([r.drain_ms for r in runs]),
-            "missing_frames": sum(r.missing for r in runs),
-            "runs": [vars(r) for r in runs],
-        }
-        row["handshakes_per_second"] = clients / row["connect_seconds"]
+        row = summarise(clients, workers, runs)
         rows.append(row)
         print(_row_line(row), flush=True)
 
@@ -398,7 +461,7 @@ def main() -> int:
             "p99_ms": med([med(s.p99) for s in stall_runs]) * 1e3,
             "runs": [vars(s) for s in stall_runs],
         }
-        print(_stall_line(stall, rows[-1]), flush=True)
+        print(_stall_line(stall, single_process_row(rows, stall_clients)), flush=True)
 
     ingest = None if args.no_ingest else ingest_run(5.0, 16, workroot / "ingest")
     cost = client_cost()
@@ -433,7 +496,8 @@ def _machine() -> str:
 
 def _row_line(row: dict[str, Any]) -> str:
     return (
-        f"  {row['clients']:>6} clients: connect {row['connect_seconds']:.2f} s, "
+        f"  {row['clients']:>6} clients, {row['workers']} worker(s): "
+        f"connect {row['connect_seconds']:.2f} s, "
         f"p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, "
         f"last {row['last_ms']:.1f} ms, {row['rss_per_connection_kb']:.1f} KB/conn"
     )
@@ -467,8 +531,9 @@ def print_table(summary: dict[str, Any]) -> None:
     print("| " + " | ".join(TABLE_COLUMNS) + " |")
     print("|" + " ---: |" * len(TABLE_COLUMNS))
     for row in summary["fan_out"]:
+        shape = "" if row["workers"] == 1 else f" ({row['workers']} workers, Redis)"
         cells = (
-            f"{row['clients']:,}",
+            f"{row['clients']:,}{shape}",
             f"{row['connect_seconds']:.2f}",
             f"{row['handshakes_per_second']:,.0f}",
             f"{row['p50_ms']:.1f}",
@@ -490,8 +555,12 @@ def print_table(summary: dict[str, Any]) -> None:
     print(f"load generator parsing cost: {cost:.2f} µs per frame")
 
 
+def single_process_row(rows: list[dict[str, Any]], clients: int) -> dict[str, Any]:
+    return next(r for r in rows if r["clients"] == clients and r["workers"] == 1)
+
+
 def _stall_summary(stall: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    normal = next(r for r in rows if r["clients"] == stall["clients"])
+    normal = single_process_row(rows, stall["clients"])
     runs = stall["runs"]
     change = (stall["p99_ms"] / normal["p99_ms"] - 1) * 100
     lost = sum(r["healthy_frames_missing"] for r in runs)
@@ -524,7 +593,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     except ImportError:
         print("matplotlib not installed: no plot")
         return
-    rows = summary["fan_out"]
+    rows = [r for r in summary["fan_out"] if r["workers"] == 1]
     counts = [r["clients"] for r in rows]
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for name, label in (
@@ -533,6 +602,14 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         ("last_ms", "last client"),
     ):
         axes.plot(counts, [r[name] for r in rows], marker="o", label=label)
+    for row in (r for r in summary["fan_out"] if r["workers"] > 1):
+        axes.scatter(
+            [row["clients"]] * 2,
+            [row["p99_ms"], row["last_ms"]],
+            marker="x",
+            color="black",
+            label=f"p99 and last, {row['workers']} workers + Redis",
+        )
     axes.set_xlabel("connected clients")
     axes.set_ylabel("delivery latency (ms)")
     axes.set_title(f"stellar-relay fan-out, {summary['date'][:10]}")
