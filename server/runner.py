@@ -45,6 +45,7 @@ from licensing.http import ProviderClient
 from licensing.hyper import HyperProvider
 from licensing.whop import WhopLegacyProvider, WhopProvider
 from server.app import Relay, create_app
+from server.cli import DEMO_DIR
 from server.config import LicensingSettings, ProviderKind, Settings, WhopApi
 from server.errors import ConfigError
 from server.logs import configure_logging
@@ -236,20 +237,32 @@ def _serve_workers(settings: Settings, environ: dict[str, str]) -> None:
 
 
 def _print_demo_instructions(settings: Settings, provider: KeysFileProvider) -> None:
-    keys = [
-        line.strip()
-        for line in provider.path.read_text().splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
-    secret_file = provider.path.parent / "webhook-secret"
-    secret = secret_file.read_text().strip() if secret_file.exists() else "whsec_..."
+    # Only what demo mode made itself is printed in clear: never a key from
+    # the operator's own keys file, never one of their secrets.
+    demo_keys = DEMO_DIR / "keys.txt"
+    keys = (
+        [
+            line.strip()
+            for line in demo_keys.read_text().splitlines()
+            if line.strip() and not line.startswith("#")
+        ]
+        if provider.path == demo_keys
+        else []
+    )
+    secret_file = DEMO_DIR / "webhook-secret"
+    uses_demo_secret = [s.name for s in settings.webhook_secrets] == ["demo"]
+    secret = (
+        secret_file.read_text().strip()
+        if uses_demo_secret and secret_file.exists()
+        else "<one of your RELAY_WEBHOOK_SECRETS>"
+    )
     base = f"{settings.host}:{settings.port}"
     key = keys[0] if keys else "YOUR-KEY"
     print(
         f"""
 stellar-relay is starting in demo mode.
-  keys file:      {provider.path}  ({len(keys)} key(s))
-  webhook secret: {secret_file}
+  keys file:      {provider.path}  ({provider.key_count} key(s))
+  webhook secret: {secret_file if uses_demo_secret else "from RELAY_WEBHOOK_SECRETS"}
 
 Connect a Stellar client (websocket settings tab) to:
   ws://{base}/ws?key={key}

@@ -10,6 +10,7 @@ from server.cli import demo_environment
 from server.config import Settings
 from tests.clients import next_restock, open_client, wait_for_connections
 from tests.conftest import KEYS
+from tests.harness import free_port
 
 
 def stellar_relay(*args: str, env: dict[str, str] | None = None, cwd=None):
@@ -117,3 +118,35 @@ def test_missing_keys_file_stops_start_up(tmp_path):
 
     assert result.returncode == 2
     assert "RELAY_KEYS_FILE: cannot read" in result.stderr
+
+
+def test_demo_mode_never_prints_the_operators_own_keys(tmp_path):
+    """``serve --demo`` with a real keys file shows a placeholder, not a key."""
+    keys = tmp_path / "customers.txt"
+    keys.write_text("REAL-CUSTOMER-KEY-1\n")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server", "serve", "--demo"],
+        env={
+            **os.environ,
+            "RELAY_KEYS_FILE": str(keys),
+            "RELAY_PORT": str(free_port()),
+            "RELAY_LOG_FORMAT": "json",
+        },
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    lines = []
+    try:
+        for line in process.stderr:
+            lines.append(line)
+            if "--price" in line:
+                break
+    finally:
+        process.terminate()
+        process.wait(15)
+    printed = "".join(lines)
+
+    assert "key=YOUR-KEY" in printed
+    assert "REAL-CUSTOMER-KEY-1" not in printed
