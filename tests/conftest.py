@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import RelayProcess
+from tests.redis_harness import RedisServer
 
 KEYS = [f"TEST-{n:04d}-KEY" for n in range(300)]
 
@@ -22,3 +23,10 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of the test module's own, on a free port."""
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
