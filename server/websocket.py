@@ -23,7 +23,7 @@ import base64
 import binascii
 import hashlib
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import structlog
@@ -203,37 +203,43 @@ class RelayWebSocketProtocol(WebSocketProtocol):
 class Heartbeat:
     """One task that pings every connection, instead of a task per client.
 
-    Every ``interval`` seconds each connection that has not sent anything
-    since the previous ping is dropped, and the rest are pinged. A client
-    that dies is therefore dropped between one and two intervals later.
-    Pings go out in slices with a yield between, so a broadcast never waits
-    behind a whole round.
+    A round visits every connection once: one that has sent nothing since
+    its previous ping is dropped, the rest are pinged. The round is spread
+    over the whole interval in slices of ``SLICE`` connections, so that
+    10,000 pings (and their 10,000 pongs) never arrive as one burst that a
+    broadcast has to compete with. A client that dies is dropped between
+    one and two intervals later.
     """
 
-    SLICE = 500
+    SLICE = 250
 
     def __init__(
         self,
         connections: Callable[[], list[Any]],
         interval: float,
         on_timeout: Callable[[Any], None],
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._connections = connections
         self.interval = interval
         self._on_timeout = on_timeout
+        self._sleep = sleep
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
             await self.beat()
 
     async def beat(self) -> None:
+        """One round: every connection of the moment, spread over an interval."""
         connections = self._connections()
-        for start in range(0, len(connections), self.SLICE):
+        slices = max(1, -(-len(connections) // self.SLICE))
+        pause = self.interval / slices
+        for start in range(0, slices * self.SLICE, self.SLICE):
+            await self._sleep(pause)
             for connection in connections[start : start + self.SLICE]:
                 websocket = connection.websocket
                 if websocket.answered:
                     websocket.ping()
                 else:
                     self._on_timeout(connection)
-            await asyncio.sleep(0)
