@@ -287,6 +287,19 @@ class FakeProvider:
             found = self._records.get(self._aliases.get(key, key))
             return dict(found) if found is not None else None
 
+    async def looked_up(
+        self, request: web.Request, missing: str
+    ) -> dict[str, Any] | web.Response:
+        """The record the request's key names, or the answer to send instead
+        (the gate's refusal, or a 404 saying ``missing``)."""
+        key = request.match_info["key"]
+        refusal = await self.gate(request, key)
+        if refusal is not None:
+            return refusal
+        record = self.record(key)
+
+        return self.error(404, missing) if record is None else record
+
     def _limit_or_outage(self) -> web.Response | None:
         with self._lock:
             now = self._clock()
@@ -372,24 +385,16 @@ class FakeWhop(FakeProvider):
         return web.json_response(WHOP_RATE_LIMIT_BODY, status=429)
 
     async def _membership(self, request: web.Request) -> web.Response:
-        key = request.match_info["key"]
-        refusal = await self.gate(request, key)
-        if refusal is not None:
-            return refusal
-        record = self.record(key)
-        if record is None:
-            return self.error(404, "membership not found")
+        found = await self.looked_up(request, "membership not found")
+        if isinstance(found, web.Response):
+            return found
 
-        return web.json_response(record)
+        return web.json_response(found)
 
     async def _validate_license(self, request: web.Request) -> web.Response:
-        key = request.match_info["key"]
-        refusal = await self.gate(request, key)
-        if refusal is not None:
-            return refusal
-        record = self.record(key)
-        if record is None:
-            return self.error(404, "license not found")
+        record = await self.looked_up(request, "license not found")
+        if isinstance(record, web.Response):
+            return record
         try:
             posted = (await request.json()).get("metadata") or {}
         except (ValueError, AttributeError):
@@ -436,15 +441,11 @@ class FakeHyper(FakeProvider):
         }
 
     async def _license(self, request: web.Request) -> web.Response:
-        key = request.match_info["key"]
-        refusal = await self.gate(request, key)
-        if refusal is not None:
-            return refusal
-        record = self.record(key)
-        if record is None:
-            return self.error(404, "license not found")
+        found = await self.looked_up(request, "license not found")
+        if isinstance(found, web.Response):
+            return found
 
-        return web.json_response(record)
+        return web.json_response(found)
 
 
 FAKES: dict[str, type[FakeProvider]] = {"whop": FakeWhop, "hyper": FakeHyper}
