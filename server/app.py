@@ -42,6 +42,7 @@ from server.hub import Connection, Hub, text_frame
 from server.recheck import run_rechecks
 from server.registry import InMemoryKeyRegistry, KeyRegistry
 from server.replay import InMemoryWebhookLedger, WebhookLedger
+from server.sendpool import SendPool
 from server.signing import verify
 from server.stellar import encode, normalise_body, parse_json
 from server.websocket import Heartbeat, ListeningWebsocket
@@ -82,7 +83,10 @@ class Relay:
     fanout: Fanout = field(init=False)
 
     def __post_init__(self) -> None:
-        self.hub = Hub(client_buffer=self.settings.client_buffer)
+        self.hub = Hub(
+            client_buffer=self.settings.client_buffer,
+            send_pool=SendPool(threads=self.settings.send_threads),
+        )
         if self.shared is None:
             self.fanout = LocalFanout(self.hub, self.ledger)
         else:
@@ -336,11 +340,7 @@ def _answer(publication: Publication, items: int, webhook_log: Any) -> HTTPRespo
     report = publication.report
     fields: dict[str, float] = {"items": items}
     if report is not None:
-        fields.update(
-            delivered=report.delivered,
-            slow_consumers=report.slow_consumers,
-            fanout_ms=round(report.seconds * 1000, 2),
-        )
+        fields.update(report.log_fields())
     if publication.outcome is Outcome.DUPLICATE:
         webhook_log.info("webhook.duplicate", **fields)
         return json({"duplicate": True}, status=200)

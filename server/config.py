@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,22 @@ DEFAULT_SECRET_NAME = "default"
 HEADER_NAME = re.compile(r"[A-Za-z0-9-]+")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 MAX_WORKERS = 64
+MAX_SEND_THREADS = 16
+AUTO_SEND_THREADS_AT_MOST = 4
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity, not the machine's count)."""
+    return len(os.sched_getaffinity(0))
+
+
+def auto_send_threads(cpus: int, workers: int) -> int:
+    """``RELAY_SEND_THREADS=auto``: each worker's share of the CPUs, 1 to 4.
+
+    A broadcast reaches every worker at once, so workers that each wrote
+    with every CPU would only take turns on them.
+    """
+    return max(1, min(AUTO_SEND_THREADS_AT_MOST, cpus // workers))
 
 
 class DuplicatePolicy(enum.Enum):
@@ -193,6 +210,10 @@ class Settings:
     redis_prefix: str = "stellar-relay"
     lease_seconds: float = 30.0
     workers: int = 1
+    send_threads: int = field(
+        default_factory=lambda: auto_send_threads(available_cpus(), workers=1)
+    )
+    """Threads that write one restock to this worker's clients at once."""
 
     @classmethod
     def from_env(
@@ -205,6 +226,7 @@ class Settings:
         """
         reader = _Reader(environ)
         defaults = cls()
+        shared_state = _read_shared_state(reader, defaults)
         secrets_text = reader.raw("RELAY_WEBHOOK_SECRETS")
         if not secrets_text and need_webhook_secrets:
             raise ConfigError(
@@ -249,7 +271,8 @@ class Settings:
                 "RELAY_FORWARDED_FOR_HEADER", defaults.forwarded_for_header
             ),
             licensing=LicensingSettings.from_env(environ),
-            **_read_shared_state(reader, defaults),
+            send_threads=_read_send_threads(reader, shared_state["workers"]),
+            **shared_state,
         )
 
     @property
@@ -307,6 +330,13 @@ def _read_shared_state(reader: _Reader, defaults: Settings) -> dict[str, Any]:
         ),
         "workers": workers,
     }
+
+
+def _read_send_threads(reader: _Reader, workers: int) -> int:
+    if reader.raw("RELAY_SEND_THREADS").lower() in ("", "auto"):
+        return auto_send_threads(available_cpus(), workers)
+
+    return reader.integer("RELAY_SEND_THREADS", 1, low=1, high=MAX_SEND_THREADS)
 
 
 def parse_secret(variable: str, text: str) -> bytes:

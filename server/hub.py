@@ -1,11 +1,13 @@
 """The open connections of this process, and the broadcast to all of them.
 
 Broadcast is the hot path. The frame bytes are built once by the caller and
-written, unchanged, to every transport: server frames are never masked and
-the relay negotiates no compression, so every client gets the same bytes.
-Writing to a transport only appends to its buffer, so nothing here awaits
-and one stalled client cannot delay another; a client whose buffer passes
-its bound is closed as a slow consumer instead of growing it.
+written, unchanged, to every client: server frames are never masked and the
+relay negotiates no compression, so every client gets the same bytes. A
+client whose transport has nothing waiting gets them straight from its
+socket, written by the send pool (several threads at once); every other
+client through its transport, which only appends to its buffer. Nothing
+here awaits, so one stalled client cannot delay another, and a client whose
+buffer passes its bound is closed as a slow consumer instead of growing it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import structlog
 
 from licensing import redact_key
 from server.closecodes import CloseCode
+from server.sendpool import SendPool
 
 log = structlog.get_logger("server.hub")
 
@@ -41,7 +44,7 @@ class Connection:
     """One accepted Stellar client. Kept small: there may be tens of
     thousands."""
 
-    __slots__ = ("key", "opened_at", "owner", "peer", "transport", "websocket")
+    __slots__ = ("fd", "key", "opened_at", "owner", "peer", "transport", "websocket")
 
     def __init__(
         self, *, owner: str, key: str, peer: str, websocket: Any, opened_at: float
@@ -51,6 +54,7 @@ class Connection:
         self.peer = peer
         self.websocket = websocket
         self.transport = websocket.transport
+        self.fd = plain_socket_fd(self.transport)
         self.opened_at = opened_at
 
     def __repr__(self) -> str:
@@ -66,11 +70,35 @@ class Connection:
         self.websocket.end_connection(int(going_away), going_away.reason)
 
 
+def plain_socket_fd(transport: Any) -> int:
+    """The file descriptor under a plain TCP transport, or -1.
+
+    -1 (write through the transport) for TLS, whose bytes on the wire are
+    not the frame's, and for anything without a socket.
+    """
+    if transport.get_extra_info("sslcontext") is not None:
+        return -1
+    sock = transport.get_extra_info("socket")
+
+    return -1 if sock is None else int(sock.fileno())
+
+
 @dataclass(frozen=True, slots=True)
 class BroadcastReport:
     delivered: int
     slow_consumers: int
     seconds: float
+    writers: int
+    """Threads that wrote the frames (the send pool's share-out)."""
+
+    def log_fields(self) -> dict[str, float]:
+        """What a webhook's or a restock's log line says about its fan-out."""
+        return {
+            "delivered": self.delivered,
+            "slow_consumers": self.slow_consumers,
+            "fanout_ms": round(self.seconds * 1000, 2),
+            "writers": self.writers,
+        }
 
 
 class Hub:
@@ -80,9 +108,11 @@ class Hub:
         self,
         *,
         client_buffer: int,
+        send_pool: SendPool | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client_buffer = client_buffer
+        self.send_pool = send_pool or SendPool(threads=1)
         self._connections: dict[str, Connection] = {}
         self._held: dict[str, Any] = {}
         self.clock = clock
@@ -131,26 +161,40 @@ class Hub:
 
         A connection that already has more than ``client_buffer`` bytes
         waiting is closed instead, so a client's buffer never holds more
-        than that bound plus one webhook's frames.
+        than that bound plus one webhook's frames. A connection with nothing
+        waiting is written by the send pool; what its socket does not take
+        goes to its transport, behind nothing, so the bytes stay in order.
         """
         started = time.perf_counter()
         limit = self.client_buffer
         delivered = 0
         slow: list[Connection] = []
+        direct: list[Connection] = []
+        fds: list[int] = []
         for connection in self._connections.values():
             transport = connection.transport
             if transport.is_closing():
                 continue
-            if transport.get_write_buffer_size() > limit:
+            waiting = transport.get_write_buffer_size()
+            if waiting == 0 and connection.fd >= 0:
+                direct.append(connection)
+                fds.append(connection.fd)
+            elif waiting > limit:
                 slow.append(connection)
-                continue
-            transport.write(frames)
-            delivered += 1
+            else:
+                transport.write(frames)
+                delivered += 1
+        writers = self.send_pool.writers_for(len(fds))
+        if fds:
+            for position, sent in self.send_pool.write(fds, frames):
+                direct[position].transport.write(frames[sent:])
+            delivered += len(fds)
         for connection in slow:
             self._drop_slow_consumer(connection)
         self.restocks_sent += count
+        seconds = time.perf_counter() - started
 
-        return BroadcastReport(delivered, len(slow), time.perf_counter() - started)
+        return BroadcastReport(delivered, len(slow), seconds, writers)
 
     def _drop_slow_consumer(self, connection: Connection) -> None:
         self.remove(connection.owner)

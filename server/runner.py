@@ -143,6 +143,7 @@ def run(
         proxies=settings.proxies_count,
         open_files=files,
         workers=settings.workers,
+        send_threads=settings.send_threads,
         redis=settings.redis_location or None,
     )
     if settings.workers > 1:

@@ -6,7 +6,12 @@ import base64
 
 import pytest
 
-from server.config import DuplicatePolicy, Settings
+from server.config import (
+    DuplicatePolicy,
+    Settings,
+    auto_send_threads,
+    available_cpus,
+)
 from server.errors import ConfigError
 
 SECRET = "whsec_" + base64.b64encode(b"s" * 32).decode()
@@ -68,3 +73,23 @@ def test_dead_client_window_is_two_ping_intervals():
     settings = Settings.from_env({**BASE, "RELAY_PING_INTERVAL": "12"})
 
     assert settings.dead_client_window == 24
+
+
+@pytest.mark.parametrize(
+    ("cpus", "workers", "threads"),
+    [(1, 1, 1), (2, 1, 2), (2, 2, 1), (3, 2, 1), (8, 2, 4), (16, 1, 4), (4, 8, 1)],
+)
+def test_auto_send_threads_share_the_cpus_between_workers(cpus, workers, threads):
+    assert auto_send_threads(cpus, workers) == threads
+
+
+def test_send_threads_default_to_auto_and_can_be_set():
+    auto = auto_send_threads(available_cpus(), workers=1)
+
+    assert Settings.from_env(BASE).send_threads == auto
+    assert (
+        Settings.from_env({**BASE, "RELAY_SEND_THREADS": "auto"}).send_threads == auto
+    )
+    assert Settings.from_env({**BASE, "RELAY_SEND_THREADS": "3"}).send_threads == 3
+    with pytest.raises(ConfigError, match=r"^RELAY_SEND_THREADS: must be from 1 to"):
+        Settings.from_env({**BASE, "RELAY_SEND_THREADS": "0"})

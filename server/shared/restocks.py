@@ -98,9 +98,7 @@ class RedisFanout:
             "restock.sent",
             webhook_id=webhook_id,
             items=count,
-            delivered=report.delivered,
-            slow_consumers=report.slow_consumers,
-            fanout_ms=round(report.seconds * 1000, 2),
+            **report.log_fields(),
         )
 
     def _send_here_only(
