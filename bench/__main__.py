@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from server.cli import signed_headers
 from tests.harness import RelayProcess, secret_key
@@ -69,20 +70,72 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-class LoadClient:
-    """The load generator process, spoken to over JSON lines."""
+LOAD_CLIENT_SOURCE = Path(__file__).parent / "loadclient.c"
+LOAD_CLIENT_BINARY = RESULTS / "loadclient"
 
-    def __init__(self) -> None:
+
+def build_c_load_client(binary: Path = LOAD_CLIENT_BINARY) -> Path | None:
+    """Compile ``bench/loadclient.c`` (with $CC, else cc); None if that fails.
+
+    Rebuilt only when the source is newer than the binary.
+    """
+    source = LOAD_CLIENT_SOURCE
+    if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+        return binary
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    compiler = os.environ.get("CC", "cc")
+    try:
+        subprocess.run(
+            [compiler, "-O2", "-Wall", "-o", str(binary), str(source)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    except (OSError, subprocess.CalledProcessError) as error:
+        detail = getattr(error, "stderr", "") or error
+        print(f"could not build the C load client ({detail}); using the Python one")
+        return None
+    return binary
+
+
+class LoadClient:
+    """The load generator process, one command line in, one JSON line out.
+
+    ``binary`` is the C load client; None runs ``bench/loadclient.py``,
+    which takes its commands as JSON.
+    """
+
+    def __init__(self, binary: Path | None, workdir: Path) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        command = (
+            [str(binary)] if binary else [sys.executable, "-m", "bench.loadclient"]
+        )
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.loadclient"],
+            command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
 
+    def _line(self, command: dict[str, Any]) -> str:
+        if self.binary is None:
+            return json.dumps(command)
+        if command["cmd"] == "connect":
+            url = urlsplit(command["url"])
+            keys = self.workdir / "load-client-keys.txt"
+            keys.write_text("\n".join(command["keys"]) + "\n")
+            return (
+                f"connect {url.hostname} {url.port} {url.path} "
+                f"{command.get('stalled', 0)} {keys}"
+            )
+        if command["cmd"] == "drain":
+            return f"drain {command['expect']}"
+        return str(command["cmd"])
+
     def ask(self, **command: Any) -> dict[str, Any]:
         assert self.process.stdin and self.process.stdout
-        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.write(self._line(command) + "\n")
         self.process.stdin.flush()
         answer = json.loads(self.process.stdout.readline())
         if "error" in answer:
@@ -190,7 +243,12 @@ def fanout_ms(relay: RelayProcess) -> list[float]:
 
 
 def fan_out_run(
-    clients: int, restocks: int, workdir: Path, *, workers: int = 1
+    clients: int,
+    restocks: int,
+    workdir: Path,
+    *,
+    workers: int = 1,
+    load_client: Path | None = None,
 ) -> RunResult:
     """One relay, ``clients`` connections, ``restocks`` measured restocks.
 
@@ -205,7 +263,7 @@ def fan_out_run(
             env.update(RELAY_REDIS_URL=redis.url, RELAY_WORKERS=str(workers))
         relay = stack.enter_context(RelayProcess(workdir, keys=keys, env=env))
         assert relay.process is not None
-        load = LoadClient()
+        load = LoadClient(load_client, workdir)
         stack.callback(load.close)
         _wait_for(relay, 0, workers=workers)
         before = tree_rss_bytes(relay.process.pid)
@@ -260,13 +318,15 @@ class StallResult:
     healthy_frames_missing: int
 
 
-def stall_run(clients: int, restocks: int, workdir: Path) -> StallResult:
+def stall_run(
+    clients: int, restocks: int, workdir: Path, *, load_client: Path | None = None
+) -> StallResult:
     """10% stalled: p99 for the rest, then push the stalled ones to 4008."""
     keys = [f"BENCH-{n:06d}" for n in range(clients)]
     stalled = int(clients * STALLED_SHARE)
     env = relay_env({"RELAY_CLIENT_BUFFER": str(STALL_RUN_BUFFER)})
     with RelayProcess(workdir, keys=keys, env=env) as relay:
-        load = LoadClient()
+        load = LoadClient(load_client, workdir)
         try:
             load.ask(
                 cmd="connect",
@@ -426,7 +486,14 @@ def main() -> int:
         "--workers", type=int, default=2, help="workers for the Redis rows; 1: none"
     )
     parser.add_argument("--workers-clients", default="10000")
+    parser.add_argument(
+        "--load-client",
+        choices=("c", "python"),
+        default="c",
+        help="the load generator: bench/loadclient.c (built with cc) or .py",
+    )
     args = parser.parse_args()
+    load_client = build_c_load_client() if args.load_client == "c" else None
     counts = [int(n) for n in args.clients.split(",")]
     RESULTS.mkdir(exist_ok=True)
     workroot = Path(tempfile.mkdtemp(prefix="relay-bench-"))
@@ -442,6 +509,7 @@ def main() -> int:
                 args.restocks,
                 workroot / f"fan-{clients}-w{workers}-{run}",
                 workers=workers,
+                load_client=load_client,
             )
             for run in range(args.runs)
         ]
@@ -453,7 +521,12 @@ def main() -> int:
     if not args.no_stall:
         stall_clients = max(counts)
         stall_runs = [
-            stall_run(stall_clients, args.restocks, workroot / f"stall-{run}")
+            stall_run(
+                stall_clients,
+                args.restocks,
+                workroot / f"stall-{run}",
+                load_client=load_client,
+            )
             for run in range(args.runs)
         ]
         stall = {
@@ -464,10 +537,11 @@ def main() -> int:
         print(_stall_line(stall, single_process_row(rows, stall_clients)), flush=True)
 
     ingest = None if args.no_ingest else ingest_run(5.0, 16, workroot / "ingest")
-    cost = client_cost()
+    cost = None if load_client else client_cost()
     summary = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": _machine(),
+        "load_client": "c" if load_client else "python",
         "fan_out": rows,
         "stall": stall,
         "ingest_posts_per_second": ingest,
@@ -526,7 +600,10 @@ TABLE_COLUMNS = (
 
 def print_table(summary: dict[str, Any]) -> None:
     print()
-    print(f"stellar-relay bench, {summary['date']}, {summary['machine']}")
+    print(
+        f"stellar-relay bench, {summary['date']}, {summary['machine']}, "
+        f"{summary['load_client']} load client"
+    )
     print()
     print("| " + " | ".join(TABLE_COLUMNS) + " |")
     print("|" + " ---: |" * len(TABLE_COLUMNS))
@@ -552,7 +629,8 @@ def print_table(summary: dict[str, Any]) -> None:
     if ingest is not None:
         print(f"webhook ingest, no clients: {ingest:,.0f} signed posts/s")
     cost = summary["load_client_us_per_frame"]
-    print(f"load generator parsing cost: {cost:.2f} µs per frame")
+    if cost is not None:
+        print(f"Python load generator's parsing cost: {cost:.2f} µs per frame")
 
 
 def single_process_row(rows: list[dict[str, Any]], clients: int) -> dict[str, Any]:
