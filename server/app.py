@@ -198,9 +198,11 @@ def create_app(relay: Relay) -> Sanic[Any, Any]:
 
     @app.after_server_stop
     async def disconnect_shared_state(app: Sanic[Any, Any]) -> None:
-        # 3. Every handler has ended: free what leases are left, close Redis.
+        # 3. Every handler has ended: free what leases are left, close Redis,
+        #    and stop the send threads (nothing broadcasts any more).
         if relay.shared is not None:
             await relay.shared.stop()
+        relay.hub.send_pool.close()
 
     return app
 
