@@ -7,7 +7,7 @@ Policy:
 - ERROR: a bug, a crashed handler, or an operator mistake that breaks the
   service (a provider rejecting the relay's own API key).
 - WARNING: degraded but running (a keys file that cannot be read, a slow
-  consumer closed).
+  consumer closed, a long garbage-collection pause).
 - INFO: lifecycle: start, stop, one line when a client connects, one when
   it disconnects (with duration and close code), one line per refused
   client, one line per webhook (source, items, result).

@@ -25,7 +25,6 @@ event loop: each worker is one node.
 
 from __future__ import annotations
 
-import gc
 import os
 import resource
 import sys
@@ -46,6 +45,7 @@ from licensing.hyper import HyperProvider
 from licensing.whop import WhopLegacyProvider, WhopProvider
 from server.app import Relay, create_app
 from server.cli import DEMO_DIR
+from server.collector import tune_garbage_collector
 from server.config import LicensingSettings, ProviderKind, Settings, WhopApi
 from server.errors import ConfigError
 from server.logs import configure_logging
@@ -175,20 +175,6 @@ def raise_open_files_limit() -> int:
             pass
 
     return int(soft)
-
-
-def tune_garbage_collector() -> None:
-    """Fewer collections while thousands of clients connect at once.
-
-    Each connection leaves ~150 long-lived objects, and with the default
-    threshold (700) young collections keep rescanning them during a
-    reconnect storm: on the bench, 10,000 connects took 6-9 s by default and
-    3.5-6.5 s with this setting (noisy 2-core machine). Objects made at
-    start-up are frozen out of collection altogether. Cycles among
-    connection objects are still collected, in larger batches.
-    """
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 10)
 
 
 class _StartUpSafeWorkerManager(WorkerManager):
