@@ -226,13 +226,13 @@ class Settings:
         """
         reader = _Reader(environ)
         defaults = cls()
-        shared_state = _read_shared_state(reader, defaults)
         secrets_text = reader.raw("RELAY_WEBHOOK_SECRETS")
         if not secrets_text and need_webhook_secrets:
             raise ConfigError(
                 "RELAY_WEBHOOK_SECRETS",
                 "required: a comma-separated list of name=whsec_... entries",
             )
+        shared_state = _read_shared_state(reader, defaults)
 
         return cls(
             host=reader.text("RELAY_HOST", defaults.host),
