@@ -51,6 +51,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def bulky_restocks(n: int) -> list[dict[str, object]]:
+    """About 20 KB of restocks in one post: fills a stalled client fast."""
+    return [
+        {
+            "site": "amazon",
+            "sku": f"B0BULK{n:03d}{i:02d}",
+            "offerId": "o",
+            "details": {"region": "USA", "productTitle": "t" * 2000},
+        }
+        for i in range(10)
+    ]
+
+
 def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.__main__ import LoadClient, build_c_load_client, restock
-from tests.harness import RelayProcess, require_binary
+from bench.__main__ import LoadClient, build_c_load_client
+from tests.harness import RelayProcess, bulky_restocks, require_binary
 
 KEYS = [f"LOAD-{n:02d}" for n in range(6)]
 STALLED = 2
@@ -27,10 +27,6 @@ def load_client_binary(kind: str, tmp_path: Path) -> Path | None:
     assert binary is not None, "bench/loadclient.c did not compile"
 
     return binary
-
-
-def bulky(n: int) -> list[dict[str, object]]:
-    return [restock(f"B0LOADFILL{n:03d}{i:02d}", 2000) for i in range(10)]
 
 
 def wait_until(condition, timeout: float = 10.0) -> None:
@@ -56,7 +52,7 @@ def test_load_client_counts_every_restock_and_reads_4008(kind, tmp_path):
             wait_until(lambda: relay.health()["connections"] == len(KEYS))
             posts = 0
             while relay.health()["slow_consumers_closed"] < STALLED and posts < 200:
-                status, _ = relay.post(bulky(posts))
+                status, _ = relay.post(bulky_restocks(posts))
                 assert status == 202
                 posts += 1
             load.ask(cmd="resume")

@@ -7,22 +7,9 @@ import socket
 
 from server.sendpool import SOCKETS_PER_THREAD_AT_LEAST
 from tests.clients import close_code, next_restock, open_client, wait_for_connections
-from tests.harness import RelayProcess
+from tests.harness import RelayProcess, bulky_restocks
 
 BUFFER = 16 * 1024
-
-
-def bulky(n: int) -> list[dict[str, object]]:
-    """About 20 KB of restocks in one post."""
-    return [
-        {
-            "site": "amazon",
-            "sku": f"B0BULK{n:03d}{i:02d}",
-            "offerId": "o",
-            "details": {"region": "USA", "productTitle": "t" * 2000},
-        }
-        for i in range(10)
-    ]
 
 
 async def stalled_client(url: str):
@@ -51,7 +38,7 @@ async def test_stalled_client_is_closed_with_4008_and_the_rest_get_everything(tm
 
         posts = 0
         while relay.health()["slow_consumers_closed"] == 0 and posts < 200:
-            status, _ = await asyncio.to_thread(relay.post, bulky(posts))
+            status, _ = await asyncio.to_thread(relay.post, bulky_restocks(posts))
             assert status == 202
             posts += 1
         counts = []
@@ -95,10 +82,10 @@ async def test_two_writers_deliver_every_frame_in_order_around_a_stalled_client(
 
         posts = 0
         while relay.health()["slow_consumers_closed"] == 0 and posts < 200:
-            status, _ = await asyncio.to_thread(relay.post, bulky(posts))
+            status, _ = await asyncio.to_thread(relay.post, bulky_restocks(posts))
             assert status == 202
             posts += 1
-        expected = [item["sku"] for n in range(posts) for item in bulky(n)]
+        expected = [item["sku"] for n in range(posts) for item in bulky_restocks(n)]
         received = [
             [(await next_restock(client))["sku"] for _ in expected]
             for client in healthy
